@@ -1,0 +1,170 @@
+"""Typed config schemas, registered with Hydra's ConfigStore.
+
+Every YAML file under ``conf/<group>/`` names one of these schemas in its defaults list,
+so a misspelt key fails when the config is composed, before any data or model is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+LABEL_SETTINGS = ("gold", "random", "permuted")
+SAMPLING_RULES = ("uniform", "balanced")
+SCORING_ENGINES = ("prefix", "naive")
+SCORING_RULES = ("direct",)
+LOGGERS = ("none", "wandb")
+
+
+@dataclass
+class ModelConfig:
+    """A causal LM: a hub id, a local folder, a GGUF file, an installed model package, or tiny."""
+
+    name: str = MISSING
+    # hub | folder | gguf | package | tiny
+    source: str = MISSING
+    # hub id, folder path or GGUF file path (unused for package and tiny)
+    path: str | None = None
+    # for source=package: the distribution that ships the GGUF and the file inside it
+    package: str | None = None
+    package_file: str | None = None
+    # for source=package with an assembling package (chunks joined to one file on first use)
+    assemble_module: str | None = None
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # context length; null reads max_position_embeddings from the model config
+    max_length: int | None = None
+    # cache the dequantised GGUF as safetensors (under $ICL_CACHE_DIR or ~/.cache/icl)
+    cache: bool = True
+    revision: str | None = None
+    # for source=tiny: the random-weight architecture and its seed
+    tiny_arch: str = "llama"
+    tiny_seed: int = 0
+
+
+@dataclass
+class DatasetConfig:
+    """Arguments of ``datasets.load_dataset``: a hub id or a builder with data files."""
+
+    path: str = MISSING
+    name: str | None = None
+    data_files: dict[str, Any] | None = None
+    # builder keyword arguments, e.g. {delimiter: ","} for csv
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    # how one raw row becomes fields: null (columns as they are) or label_first_token
+    # (SST-2 files: "<label> <text>" on each line of a text builder's "text" column)
+    line_format: str | None = None
+    # columns renamed after loading, so a hub twin can share its local twin's templates
+    rename_columns: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TemplateConfig:
+    """An input format and one label word per class; the answer follows ``answer_sep``."""
+
+    input: str = MISSING
+    label_words: list[str] = MISSING
+    # what separates the input format from the label word; the word is scored with it
+    answer_sep: str = " "
+    # what separates two demonstrations, and the last demonstration from the query
+    demo_sep: str = "\n\n"
+    # text before the first demonstration (an instruction), followed by demo_sep when set
+    instruction: str = ""
+
+
+@dataclass
+class TaskConfig:
+    """A classification task: where its rows live, which fields it renders, its label set."""
+
+    name: str = MISSING
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    text_fields: list[str] = MISSING
+    label_field: str = "label"
+    # raw label values in class order (strings or ints as they appear in the data)
+    label_values: list[Any] = MISSING
+    # the readable class names, one per label value
+    label_names: list[str] = MISSING
+    # rows whose label is not in label_values: error | drop
+    unknown_labels: str = "error"
+    demo_split: str = "train"
+    eval_split: str = "test"
+    # when demo_split == eval_split, the share of its rows held out for evaluation
+    eval_share: float = 0.5
+    split_seed: int = 0
+    templates: dict[str, TemplateConfig] = MISSING
+    default_template: str = MISSING
+    # the local data folder some tasks read (../shared/data beside the checkout by default)
+    data_dir: str | None = None
+    version: int = 1
+
+
+@dataclass
+class DemosConfig:
+    """Which demonstrations a prompt shows and which labels they carry."""
+
+    k: int = 0
+    labels: str = "gold"
+    seed: int = 1
+    sampling: str = "uniform"
+    # one demonstration set per (seed, k) for every test example (Min et al. 2022), or fresh
+    per_example: bool = False
+    # the k demonstrations are the first k of the 2k ones for the same seed
+    nested: bool = True
+
+
+@dataclass
+class EvalConfig:
+    n_test: int = 200
+    # which test examples: fixed across demonstration seeds so only the demonstrations vary
+    seed: int = 0
+    batch_size: int = 16
+    # the perplexity of the whole k-shot prompt costs a full-vocabulary pass over each query
+    kshot_perplexity: bool = True
+    progress: bool = True
+
+
+@dataclass
+class ScoringConfig:
+    engine: str = "prefix"
+    rule: str = "direct"
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"
+    project: str = "icl"
+    entity: str | None = None
+    mode: str | None = None  # online | offline | disabled; null leaves WANDB_MODE in charge
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = MISSING
+    task: TaskConfig = MISSING
+    demos: DemosConfig = field(default_factory=DemosConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # the template name; null takes the task's default_template
+    template: str | None = None
+    # rerun a cell whose metrics.json exists
+    overwrite: bool = False
+    # where the run writes; the CLI sets it to Hydra's output folder
+    out_dir: str | None = None
+
+
+def register_configs() -> None:
+    """Store the schemas so YAML files can name them in their defaults lists."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="task", name="task_schema", node=TaskConfig)
+    cs.store(group="demos", name="demos_schema", node=DemosConfig)
+    cs.store(group="eval", name="eval_schema", node=EvalConfig)
+    cs.store(group="scoring", name="scoring_schema", node=ScoringConfig)
+    cs.store(group="logger", name="logger_schema", node=LoggerConfig)

