@@ -49,8 +49,14 @@ def execute(cfg) -> float:
         tracking.log_run(run_cfg, metrics, read_predictions(Path(run_cfg.out_dir)))
     log.info(
         "%s k=%s labels=%s seed=%s: accuracy %.3f macro-F1 %.3f (n=%d) -> %s",
-        metrics["task"], metrics["k"], metrics["labels"], metrics["seed"], metrics["accuracy"],
-        metrics["macro_f1"], metrics["n"], run_cfg.out_dir,
+        metrics["task"],
+        metrics["k"],
+        metrics["labels"],
+        metrics["seed"],
+        metrics["accuracy"],
+        metrics["macro_f1"],
+        metrics["n"],
+        run_cfg.out_dir,
     )
     return metrics["accuracy"]
 

@@ -98,7 +98,7 @@ def load_raw_splits(task) -> dict[str, Any]:
         if is_hub:
             raise HubUnavailable(
                 f"could not load dataset {ds.path!r} from the Hugging Face hub ({err}). "
-                f"Offline, use the local config of this task (e.g. task={task.name.split('_hub')[0]})"
+                f"Offline, use the local twin of this task (task={task.name.removesuffix('_hub')}),"
                 f" which reads files from task.data_dir"
             ) from err
         raise
@@ -162,9 +162,7 @@ def to_examples(task, split: str, rows: list[dict[str, Any]]) -> list[Example]:
 
 def load_split_examples(task, raw: dict[str, Any], split: str) -> list[Example]:
     if split not in raw:
-        raise ICLError(
-            f"task {task.name!r} has no split {split!r}; its splits are {sorted(raw)}"
-        )
+        raise ICLError(f"task {task.name!r} has no split {split!r}; its splits are {sorted(raw)}")
     rename = dict(task.dataset.rename_columns or {})
     columns = [rename.get(c, c) for c in raw[split].column_names]
     if task.dataset.line_format is None:
@@ -190,8 +188,9 @@ def load_pools(task) -> Pools:
     """The demonstration pool and the test pool, with no test text among the demonstrations."""
     raw = load_raw_splits(task)
     if task.demo_split == task.eval_split:
-        pools = hold_out(load_split_examples(task, raw, task.eval_split), task.eval_share,
-                         task.split_seed)
+        pools = hold_out(
+            load_split_examples(task, raw, task.eval_split), task.eval_share, task.split_seed
+        )
     else:
         pools = Pools(
             demos=load_split_examples(task, raw, task.demo_split),

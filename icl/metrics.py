@@ -31,6 +31,12 @@ def prediction_shares(pred, n_classes: int) -> list[float]:
     return (np.bincount(pred, minlength=n_classes) / len(pred)).tolist()
 
 
+def majority_share(gold, n_classes: int) -> float:
+    """The accuracy of always predicting the most frequent gold class."""
+    gold = np.asarray(gold, dtype=int)
+    return float(np.bincount(gold, minlength=n_classes).max() / len(gold)) if len(gold) else 0.0
+
+
 def classification_metrics(pred, gold, label_names: list[str]) -> dict:
     n = len(label_names)
     shares = prediction_shares(pred, n)
@@ -39,6 +45,5 @@ def classification_metrics(pred, gold, label_names: list[str]) -> dict:
         "macro_f1": macro_f1(pred, gold, n),
         "n": int(len(gold)),
         "prediction_share": dict(zip(label_names, shares)),
-        "majority_baseline": float(np.max(np.bincount(np.asarray(gold, int), minlength=n)) / len(gold))
-        if len(gold) else float("nan"),
+        "majority_baseline": majority_share(gold, n),
     }

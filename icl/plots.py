@@ -31,23 +31,36 @@ def plot_accuracy_vs_k(runs: pd.DataFrame, out: Path, metric: str = "accuracy") 
             stats = curve(group, metric)
             colour = LABEL_COLOURS.get(setting)
             ax.plot(stats["k"], stats["mean"], marker="o", label=setting, color=colour)
-            ax.fill_between(stats["k"], stats["mean"] - stats["std"],
-                            stats["mean"] + stats["std"], alpha=0.2, color=colour)
+            ax.fill_between(
+                stats["k"],
+                stats["mean"] - stats["std"],
+                stats["mean"] + stats["std"],
+                alpha=0.2,
+                color=colour,
+            )
         if "majority_baseline" in frame:
-            ax.axhline(frame["majority_baseline"].mean(), color="grey", ls=":", lw=1,
-                       label="majority class")
+            ax.axhline(
+                frame["majority_baseline"].mean(),
+                color="grey",
+                ls=":",
+                lw=1,
+                label="majority class",
+            )
         ks = sorted(frame["k"].unique())
         ax.set_xscale("symlog", linthresh=1)
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.set_xlabel("demonstrations k")
         ax.set_ylabel(metric.replace("_", " "))
-        ax.set_title(" / ".join(str(p) for p in (panel if isinstance(panel, tuple) else (panel,))),
-                     fontsize=10)
+        ax.set_title(
+            " / ".join(str(p) for p in (panel if isinstance(panel, tuple) else (panel,))),
+            fontsize=10,
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     n_seeds = runs["seed"].nunique() if "seed" in runs else 1
-    fig.suptitle(f"{metric.replace('_', ' ')} against k (mean ± std over {n_seeds} seeds)",
-                 fontsize=11)
+    fig.suptitle(
+        f"{metric.replace('_', ' ')} against k (mean ± std over {n_seeds} seeds)", fontsize=11
+    )
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,13 +17,29 @@ SEEDS_SUMMARY_STEM = "summary_seeds"
 
 # the config values that identify a cell; runs that share all but the seed are averaged
 IDENTITY_COLUMNS = [
-    "task", "template", "model", "k", "labels", "sampling", "per_example", "nested",
-    "n_test", "eval_seed", "engine", "rule", "task_version", "harness_version",
+    "task",
+    "template",
+    "model",
+    "k",
+    "labels",
+    "sampling",
+    "per_example",
+    "nested",
+    "n_test",
+    "eval_seed",
+    "engine",
+    "rule",
+    "task_version",
+    "harness_version",
 ]
 SEED_COLUMN = "seed"
 SUMMARY_METRICS = [
-    "accuracy", "macro_f1", "share_demo_labels_correct", "zero_shot_perplexity",
-    "kshot_perplexity", "accuracy_vs_permuted",
+    "accuracy",
+    "macro_f1",
+    "share_demo_labels_correct",
+    "zero_shot_perplexity",
+    "kshot_perplexity",
+    "accuracy_vs_permuted",
 ]
 
 

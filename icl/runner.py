@@ -47,12 +47,21 @@ class Prompt:
 def identity(cfg, template_name: str) -> dict:
     """The config values that name a cell; stored in every metrics.json and checked on resume."""
     return {
-        "task": cfg.task.name, "template": template_name, "model": cfg.model.name,
-        "k": cfg.demos.k, "labels": cfg.demos.labels, "seed": cfg.demos.seed,
-        "sampling": cfg.demos.sampling, "per_example": cfg.demos.per_example,
-        "nested": cfg.demos.nested, "n_test": cfg.eval.n_test, "eval_seed": cfg.eval.seed,
-        "engine": cfg.scoring.engine, "rule": cfg.scoring.rule,
-        "task_version": cfg.task.version, "harness_version": icl.__version__,
+        "task": cfg.task.name,
+        "template": template_name,
+        "model": cfg.model.name,
+        "k": cfg.demos.k,
+        "labels": cfg.demos.labels,
+        "seed": cfg.demos.seed,
+        "sampling": cfg.demos.sampling,
+        "per_example": cfg.demos.per_example,
+        "nested": cfg.demos.nested,
+        "n_test": cfg.eval.n_test,
+        "eval_seed": cfg.eval.seed,
+        "engine": cfg.scoring.engine,
+        "rule": cfg.scoring.rule,
+        "task_version": cfg.task.version,
+        "harness_version": icl.__version__,
     }
 
 
@@ -125,29 +134,36 @@ def prediction_rows(plan: CellPlan, prompts, scored, zero_ppl) -> list[dict]:
     """One JSON-ready row per test example: what was shown, what was scored, what won."""
     names, words = list(plan.cfg.task.label_names), list(plan.template.label_words)
     rows = []
-    for ex, demo_set, prompt, result, zppl in zip(plan.test, plan.demo_sets, prompts, scored,
-                                                 zero_ppl):
+    for ex, demo_set, prompt, result, zppl in zip(
+        plan.test, plan.demo_sets, prompts, scored, zero_ppl
+    ):
         scores = option_scores(result.option_logprobs)
         pred = predict(scores, plan.cfg.scoring.rule)
         kept = slice(prompt.n_dropped, None)
-        rows.append({
-            "example_id": ex.id,
-            "demo_ids": [plan.pool[i].id for i in demo_set.indices][kept],
-            "demo_label_words": [words[c] for c in demo_set.shown][kept],
-            "demo_gold_words": [words[c] for c in demo_set.gold][kept],
-            "n_demos_dropped": prompt.n_dropped,
-            "option_logprob": dict(zip(names, scores.sums)),
-            "option_logprob_mean": dict(zip(names, scores.means)),
-            "option_token_logprobs": dict(zip(names, result.option_logprobs)),
-            "prediction": names[pred], "prediction_index": pred,
-            "gold": names[ex.label], "gold_index": ex.label,
-            "correct": pred == ex.label,
-            "prompt_tokens": len(prompt.request.prefix) + len(prompt.request.query),
-            "zero_shot_perplexity": zppl,
-            "kshot_perplexity": perplexity(result.prefix_nll + result.query_nll,
-                                           result.prefix_count + result.query_count)
-            if plan.cfg.eval.kshot_perplexity else None,
-        })
+        rows.append(
+            {
+                "example_id": ex.id,
+                "demo_ids": [plan.pool[i].id for i in demo_set.indices][kept],
+                "demo_label_words": [words[c] for c in demo_set.shown][kept],
+                "demo_gold_words": [words[c] for c in demo_set.gold][kept],
+                "n_demos_dropped": prompt.n_dropped,
+                "option_logprob": dict(zip(names, scores.sums)),
+                "option_logprob_mean": dict(zip(names, scores.means)),
+                "option_token_logprobs": dict(zip(names, result.option_logprobs)),
+                "prediction": names[pred],
+                "prediction_index": pred,
+                "gold": names[ex.label],
+                "gold_index": ex.label,
+                "correct": pred == ex.label,
+                "prompt_tokens": len(prompt.request.prefix) + len(prompt.request.query),
+                "zero_shot_perplexity": zppl,
+                "kshot_perplexity": perplexity(
+                    result.prefix_nll + result.query_nll, result.prefix_count + result.query_count
+                )
+                if plan.cfg.eval.kshot_perplexity
+                else None,
+            }
+        )
     return rows
 
 
@@ -198,14 +214,23 @@ def run_cell(cfg, load_model=cached_model) -> dict:
     options = option_tokens(lm, cfg.task, plan.template)
     prompts = [build_prompt(lm, plan, d, ex, options) for d, ex in zip(plan.demo_sets, plan.test)]
     scoring_started = time.perf_counter()
-    scored = score_requests(lm, [p.request for p in prompts], cfg.scoring.engine,
-                            cfg.eval.batch_size, cfg.eval.kshot_perplexity, cfg.eval.progress)
+    scored = score_requests(
+        lm,
+        [p.request for p in prompts],
+        cfg.scoring.engine,
+        cfg.eval.batch_size,
+        cfg.eval.kshot_perplexity,
+        cfg.eval.progress,
+    )
     scoring_s = time.perf_counter() - scoring_started
     rows = prediction_rows(plan, prompts, scored, zero_shot_perplexities(lm, plan, prompts))
     metrics = {**cell, **cell_metrics(plan, rows)}
-    metrics.update(device=str(lm.device), scoring_s=scoring_s,
-                   wall_s=time.perf_counter() - started,
-                   examples_per_s=len(rows) / scoring_s if scoring_s else None)
+    metrics.update(
+        device=str(lm.device),
+        scoring_s=scoring_s,
+        wall_s=time.perf_counter() - started,
+        examples_per_s=len(rows) / scoring_s if scoring_s else None,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.structured(cfg), out_dir / results.CONFIG_FILE, resolve=True)
     results.write_predictions(out_dir, rows)

@@ -17,15 +17,25 @@ def log_run(cfg, metrics: dict, rows: list[dict]) -> None:
     import wandb
 
     run = wandb.init(
-        project=cfg.logger.project, entity=cfg.logger.entity, mode=cfg.logger.mode,
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        mode=cfg.logger.mode,
         config=OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
         name=f"{metrics['task']}-{metrics['model']}-k{metrics['k']}-{metrics['labels']}"
-             f"-s{metrics['seed']}",
-        tags=list(cfg.logger.tags), dir=cfg.out_dir, reinit="finish_previous",
+        f"-s{metrics['seed']}",
+        tags=list(cfg.logger.tags),
+        dir=cfg.out_dir,
+        reinit="finish_previous",
     )
     run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-    columns = ["example_id", "prediction", "gold", "correct", "zero_shot_perplexity",
-               "kshot_perplexity"]
+    columns = [
+        "example_id",
+        "prediction",
+        "gold",
+        "correct",
+        "zero_shot_perplexity",
+        "kshot_perplexity",
+    ]
     table = wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])
     run.log({"predictions": table})
     run.finish()

@@ -121,7 +121,9 @@ def run_rows(model, rows: list[Row], cache, prefix_len: int, batch_size: int, de
         positions = (prefix_len + torch.arange(width)).expand(len(batch), -1)
         kwargs = {} if cache is None else cache_kwargs(base, expand_cache(cache, len(batch)))
         hidden = base(
-            input_ids=ids.to(device), position_ids=positions.to(device), use_cache=cache is not None,
+            input_ids=ids.to(device),
+            position_ids=positions.to(device),
+            use_cache=cache is not None,
             **kwargs,
         ).last_hidden_state
         b_idx, p_idx, targets, keys = [], [], [], []
@@ -199,8 +201,9 @@ def score_prefix_reuse(lm, requests, batch_size: int, want_query: bool, progress
 def score_naive(lm, requests, batch_size: int, want_query: bool, progress: bool):
     """Recompute every full sequence with the model's own forward and full logits."""
     results = _empty_results(requests)
-    for i, req in enumerate(tqdm(requests, desc="scoring (naive)", unit="ex",
-                                 disable=not progress)):
+    for i, req in enumerate(
+        tqdm(requests, desc="scoring (naive)", unit="ex", disable=not progress)
+    ):
         p, q = len(req.prefix), len(req.query)
         sequences = [req.prefix + req.query + opt for opt in (req.options or ((),))]
         for start in range(0, len(sequences), batch_size):
@@ -228,15 +231,25 @@ def score_naive(lm, requests, batch_size: int, want_query: bool, progress: bool)
     return results
 
 
-def score_requests(lm, requests, engine: str = "prefix", batch_size: int = 16,
-                   want_query: bool = True, progress: bool = False) -> list[ScoreResult]:
+def score_requests(
+    lm,
+    requests,
+    engine: str = "prefix",
+    batch_size: int = 16,
+    want_query: bool = True,
+    progress: bool = False,
+) -> list[ScoreResult]:
     """Option log-probs (and prompt NLLs) for each request, by the chosen engine."""
     if any(not req.query for req in requests):
         raise ValueError("every request needs a non-empty query")
-    if engine == "prefix":
-        return score_prefix_reuse(lm, requests, batch_size, want_query, progress)
-    if engine == "naive":
-        return score_naive(lm, requests, batch_size, want_query, progress)
-    from icl.errors import unknown_name
+    if engine not in ENGINES:
+        from icl.errors import unknown_name
 
-    raise unknown_name("scoring engine", engine, ENGINES)
+        raise unknown_name("scoring engine", engine, ENGINES)
+    memo = lm.memo.setdefault((engine, want_query), {})
+    todo = list(dict.fromkeys(req for req in requests if req not in memo))
+    if todo:
+        run = score_prefix_reuse if engine == "prefix" else score_naive
+        for req, result in zip(todo, run(lm, todo, batch_size, want_query, progress)):
+            memo[req] = result
+    return [copy.deepcopy(memo[req]) for req in requests]

@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,6 +38,9 @@ class LanguageModel:
     adds_bos: bool
     max_length: int
     device: torch.device
+    # scores of requests already run in this process: identical prompts (every k=0 cell of a
+    # sweep, whatever its label setting or seed) are scored once
+    memo: dict = field(default_factory=dict, repr=False)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a piece of text, never with special tokens."""
@@ -158,8 +161,9 @@ def load_gguf(cfg, dtype: torch.dtype):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                     dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=dtype
+        )
         return model, tokenizer
     target = cache_root() / cache_key(cfg, path)
     if not (target / "config.json").exists():

@@ -31,8 +31,14 @@ def tiny_config(arch: str, vocab_size: int, sliding_window: int = 8):
     from transformers import Gemma3TextConfig, LlamaConfig
 
     common = dict(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=2048, bos_token_id=0, eos_token_id=1,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=0,
+        eos_token_id=1,
         pad_token_id=2,
     )
     if arch == "llama":
@@ -40,8 +46,11 @@ def tiny_config(arch: str, vocab_size: int, sliding_window: int = 8):
     if arch == "gemma3":
         # one sliding-window layer and one global one, with a window prefixes can pass
         return Gemma3TextConfig(
-            num_hidden_layers=2, head_dim=8, sliding_window=sliding_window,
-            layer_types=["sliding_attention", "full_attention"], **common
+            num_hidden_layers=2,
+            head_dim=8,
+            sliding_window=sliding_window,
+            layer_types=["sliding_attention", "full_attention"],
+            **common,
         )
     raise ValueError(f"unknown tiny architecture {arch!r}; valid: {', '.join(TINY_ARCHS)}")
 
