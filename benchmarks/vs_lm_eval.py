@@ -100,6 +100,15 @@ def peak_gpu_mib(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20
 
 
+def warm_up(model, device) -> None:
+    """One small forward before anything is timed (thread pools, kernels, allocator)."""
+    import torch
+
+    with torch.inference_mode():
+        model(input_ids=torch.arange(100, 164, device=device).view(2, 32))
+    sync(str(device))
+
+
 def self_rss_mib() -> float:
     import resource
 
@@ -120,7 +129,9 @@ def load_icl_model(args, name: str = "smollm2-135m"):
 
     t0 = time.perf_counter()
     lm = load_language_model(model_config(name, args.device, args.dtype))
-    return lm, time.perf_counter() - t0
+    load_s = time.perf_counter() - t0
+    warm_up(lm.model, lm.device)
+    return lm, load_s
 
 
 def native_requests(lm, demos: list[dict], tests: list[dict]):
@@ -234,6 +245,8 @@ def worker_icl(args) -> dict:
 
     data = json.loads(Path(args.spec).read_text())
     demos, tests = data["demos"], data["tests"]
+    if args.engine == "naive" and args.naive_n_test:
+        tests = tests[: args.naive_n_test]
     lm, load_s = load_icl_model(args)
     out = {"engine": args.engine, "load_s": load_s, "adds_bos": lm.adds_bos,
            "device": str(lm.device), "dtype": str(next(lm.model.parameters()).dtype),
@@ -275,8 +288,6 @@ def worker_raw(args) -> dict:
     vocab = lm.model.config.vocab_size
     ids = torch.randint(100, vocab - 1, (batch, length), generator=gen).to(lm.device)
     with torch.inference_mode():
-        lm.model(input_ids=ids[:2, :64], logits_to_keep=1)  # warm-up
-        sync(args.device)
         times = []
         for _ in range(args.raw_reps):
             t0 = time.perf_counter()
@@ -358,6 +369,7 @@ def worker_lm_eval(args) -> dict:
     lm = HFLM(pretrained=args.folder, dtype=args.dtype, device=args.device,
               batch_size=args.batch_size, add_bos_token=bool(args.add_bos))
     load_s = time.perf_counter() - t0
+    warm_up(lm.model, lm.device)
 
     timings = {"loglikelihood_s": 0.0, "forward_s": 0.0}
     captured = {}
@@ -469,7 +481,9 @@ def machine_info(device: str) -> dict:
 
 
 def compare(icl_variant: dict, lm_rows: list[dict], contexts: list[str] | None) -> dict:
-    n = len(lm_rows)
+    """icl vs lm-eval over the examples both scored (icl's naive run may score fewer)."""
+    n = len(icl_variant["pred"])
+    lm_rows = lm_rows[:n]
     agree = sum(int(a == b["pred"]) for a, b in zip(icl_variant["pred"], lm_rows))
     diffs = [[abs(a - b) for a, b in zip(ia, lr["option_logprob"])]
              for ia, lr in zip(icl_variant["option_logprob"], lm_rows)]
@@ -569,7 +583,8 @@ def report(args, info, r) -> str:
         " `score_requests`; lm-eval: `HFLM.loglikelihood`); model-only = icl `score_requests` /"
         " lm-eval `_loglikelihood_tokens`. End-to-end = the worker subprocess from start to exit"
         " (imports, model load, data, scoring; lm-eval's also `simple_evaluate`'s task building"
-        " and metrics). Peak RSS is each subprocess's own ru_maxrss (os.wait4).\n")
+        " and metrics). Peak RSS is each subprocess's own ru_maxrss (os.wait4). Every worker"
+        " runs one small warm-up forward after loading, outside all timings.\n")
     if lm is not None and "prefix" in icl_rows:
         v = icl_rows["prefix"]["variants"]["matched"]
         icl_eps = v["n"] / (v["build_s"] + v["score_s"])
@@ -577,6 +592,8 @@ def report(args, info, r) -> str:
         speed += (f"\nicl prefix / lm-eval examples/s: **{icl_eps / lm_eps:.1f}x** (scoring); "
                   f"{lm['wall_s'] / icl_rows['prefix']['wall_s']:.1f}x end-to-end wall time "
                   f"(lm-eval / icl prefix).\n")
+        speed += (f"Model-only (forward passes) ratio icl prefix / lm-eval: "
+                  f"{(v['n'] / v['score_s']) / (len(lm['samples']) / lm['forward_s']):.1f}x.\n")
         if "naive" in icl_rows:
             w = icl_rows["naive"]["variants"]["matched"]
             speed += (f"icl naive / lm-eval examples/s: "
@@ -658,10 +675,11 @@ def parent(args) -> None:
             if engine == "naive" and args.skip_naive:
                 continue
             r["icl"][engine] = run_child(f"icl {engine}", ["--worker", "icl", "--engine", engine,
-                                                           "--spec", str(spec), *common],
+                                                           "--spec", str(spec), "--naive-n-test",
+                                                           str(args.naive_n_test), *common],
                                          tmp / f"icl_{engine}.json", log)
             for v in r["icl"][engine]["variants"].values():
-                v["accuracy"] = accuracy(v["pred"], tests)
+                v["accuracy"] = accuracy(v["pred"], tests[: len(v["pred"])])
         r["adds_bos"] = r["icl"]["prefix"]["adds_bos"]
         if not (folder / "config.json").exists():
             raise SystemExit(f"icl did not leave a model folder at {folder}")
@@ -730,6 +748,8 @@ def main(argv=None) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--skip-lm-eval", action="store_true", help="icl only (no comparison)")
     p.add_argument("--skip-naive", action="store_true", help="skip icl's naive engine")
+    p.add_argument("--naive-n-test", type=int, default=0,
+                   help="score only the first N examples with the slow naive engine (0: all)")
     p.add_argument("--skip-raw", action="store_true", help="skip the raw forward-rate run")
     p.add_argument("--skip-scaling", action="store_true", help="skip the k / model scaling table")
     p.add_argument("--ks", default="0,4,16,32", help="k values of the scaling table")

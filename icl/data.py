@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from icl.errors import ICLError
-from icl.hub import HubUnavailable, hub_reachable
+from icl.hub import HubUnavailable, require_hub
 
 LOCAL_BUILDERS = ("csv", "json", "text", "parquet", "arrow")
 LINE_FORMATS = (None, "label_first_token")
@@ -88,19 +88,17 @@ def load_raw_splits(task) -> dict[str, Any]:
     ds = task.dataset
     data_files = _resolve_data_files(ds.data_files, task.data_dir)
     is_hub = ds.path not in LOCAL_BUILDERS and not Path(ds.path).exists()
-    if is_hub and not hub_reachable():
-        os.environ["HF_HUB_OFFLINE"] = "1"  # cached copies still load; nothing waits on retries
+    local_twin = task.name.removesuffix("_hub")
+    hint = f"Offline, use the local twin of this task: task={local_twin} (reads task.data_dir)."
+    if is_hub:
+        require_hub(f"dataset {ds.path!r}", hint)
     try:
         loaded = datasets.load_dataset(
             ds.path, ds.name, data_files=data_files, **dict(ds.kwargs or {})
         )
     except Exception as err:
         if is_hub:
-            raise HubUnavailable(
-                f"could not load dataset {ds.path!r} from the Hugging Face hub ({err}). "
-                f"Offline, use the local twin of this task (task={task.name.removesuffix('_hub')}),"
-                f" which reads files from task.data_dir"
-            ) from err
+            raise HubUnavailable(f"could not load dataset {ds.path!r} ({err}). {hint}") from err
         raise
     return dict(loaded)
 
@@ -143,7 +141,10 @@ def to_examples(task, split: str, rows: list[dict[str, Any]]) -> list[Example]:
     for position, row in enumerate(rows):
         raw = row.get(task.label_field)
         if raw is None:
-            raise ICLError(f"row {position} of split {split!r} of task {task.name!r} has no label")
+            raise ICLError(
+                f"split {split!r} of task {task.name!r} has no labels (row {position} has no "
+                f"{task.label_field!r}); choose a labelled split for task.demo_split/eval_split"
+            )
         if str(raw) not in index_of:
             if task.unknown_labels == "drop":
                 unknown += 1

@@ -12,4 +12,4 @@ class ICLError(ValueError):
 def unknown_name(kind: str, name: object, valid: Iterable[object]) -> ICLError:
     """The error for a lookup by name, listing the names that would work."""
     names = ", ".join(sorted(str(v) for v in valid))
-    return ICLError(f"unknown {kind} {name!r}; valid {kind}s: {names}")
+    return ICLError(f"unknown {kind} {name!r}; valid names: {names}")

@@ -7,8 +7,10 @@ import os
 import socket
 from urllib.parse import urlparse
 
+from icl.errors import ICLError
 
-class HubUnavailable(RuntimeError):
+
+class HubUnavailable(ICLError):
     """The hub cannot be reached and the thing asked for is not cached locally."""
 
 
@@ -27,3 +29,16 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def require_hub(what: str, offline_hint: str) -> None:
+    """Fail in seconds when the hub is unreachable, instead of after minutes of retries.
+
+    With HF_HUB_OFFLINE=1 the caller goes on: the libraries then load cached copies only.
+    """
+    if hub_forced_offline() or hub_reachable():
+        return
+    raise HubUnavailable(
+        f"cannot reach the Hugging Face hub to load {what}. {offline_hint} "
+        f"(If it is in your local Hugging Face cache, set HF_HUB_OFFLINE=1 to load that copy.)"
+    )

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 import icl
 from icl import results, templates
 from icl.config import SCORING_ENGINES, SCORING_RULES
-from icl.data import Example, load_pools, sample_test
+from icl.data import Example, Pools, load_pools, sample_test
 from icl.demos import DemoSet, check_demo_request, choose_demos, label_mapping
 from icl.errors import ICLError, unknown_name
 from icl.lm import LanguageModel, ScoreRequest, load_language_model, score_requests
@@ -73,7 +73,7 @@ def plan_cell(cfg) -> CellPlan:
         raise unknown_name("scoring rule", cfg.scoring.rule, SCORING_RULES)
     name, template = templates.select_template(cfg.task, cfg.template)
     templates.check_template(cfg.task, name, template)
-    pools = load_pools(cfg.task)
+    pools = cached_pools(cfg.task)
     n_classes = len(cfg.task.label_names)
     pool_labels = [ex.label for ex in pools.demos]
     check_demo_request(pool_labels, n_classes, cfg.demos)
@@ -188,15 +188,31 @@ def cell_metrics(plan: CellPlan, rows: list[dict]) -> dict:
 
 
 _MODELS: dict[str, LanguageModel] = {}
+_POOLS: dict[str, Pools] = {}
+
+
+def _config_key(node) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(node), resolve=True)
 
 
 def cached_model(model_cfg) -> LanguageModel:
     """Load once per process and reuse across the cells of a sweep (one model kept)."""
-    key = OmegaConf.to_yaml(OmegaConf.structured(model_cfg))
+    key = _config_key(model_cfg)
     if key not in _MODELS:
         _MODELS.clear()
+        started = time.perf_counter()
         _MODELS[key] = load_language_model(model_cfg)
+        log.info("loaded model %s in %.1f s", model_cfg.name, time.perf_counter() - started)
     return _MODELS[key]
+
+
+def cached_pools(task_cfg) -> Pools:
+    """Load and check a task's rows once per process (one task kept)."""
+    key = _config_key(task_cfg)
+    if key not in _POOLS:
+        _POOLS.clear()
+        _POOLS[key] = load_pools(task_cfg)
+    return _POOLS[key]
 
 
 def run_cell(cfg, load_model=cached_model) -> dict:

@@ -44,12 +44,14 @@ def task_pools(task: str) -> Pools:
     return _POOLS[task]
 
 
-def tiny_lm(arch: str = "llama", seed: int = 0, name: str | None = None,
-            max_length: int = 2048) -> LanguageModel:
+def tiny_lm(
+    arch: str = "llama", seed: int = 0, name: str | None = None, max_length: int = 2048
+) -> LanguageModel:
     """A random-weight model over the byte tokenizer, built in memory (fresh each call)."""
     model, tok = tiny_model_and_tokenizer(arch, seed=seed)
-    return LanguageModel(name or f"tiny-{arch}", model, tok, tokenizer_adds_bos(tok), max_length,
-                         torch.device("cpu"))
+    return LanguageModel(
+        name or f"tiny-{arch}", model, tok, tokenizer_adds_bos(tok), max_length, torch.device("cpu")
+    )
 
 
 def fail_if_loaded(model_cfg):

@@ -20,7 +20,7 @@ import torch
 
 from icl.data import package_file
 from icl.errors import ICLError
-from icl.hub import HubUnavailable, hub_reachable
+from icl.hub import HubUnavailable, require_hub
 
 log = logging.getLogger(__name__)
 
@@ -144,15 +144,12 @@ def load_pretrained(location: str, dtype: torch.dtype, revision: str | None = No
 
 
 def load_from_hub(cfg, dtype: torch.dtype):
-    if not hub_reachable():
-        os.environ["HF_HUB_OFFLINE"] = "1"  # a cached snapshot still loads, fast
+    hint = "Offline, use an installed model: model=smollm2-135m or model=gemma3-270m."
+    require_hub(f"model {cfg.path!r}", hint)
     try:
         return load_pretrained(cfg.path, dtype, cfg.revision)
     except OSError as err:
-        raise HubUnavailable(
-            f"could not load model {cfg.path!r} from the Hugging Face hub and it is not cached "
-            f"({err}). Offline, use an installed model: model=smollm2-135m or model=gemma3-270m"
-        ) from err
+        raise HubUnavailable(f"could not load model {cfg.path!r} ({err}). {hint}") from err
 
 
 def load_gguf(cfg, dtype: torch.dtype):

@@ -1,0 +1,171 @@
+"""Scoring exactness on tiny random-weight models: hand computation, engines, cache reuse."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import tiny_lm
+
+from icl.errors import ICLError
+from icl.lm.engines import ScoreRequest, score_requests
+
+TOL = 1e-4
+PREFIX_TEXTS = [
+    "",  # BOS only
+    "Review: fine\nSentiment: positive\n\n",  # longer than the gemma3 sliding window (8)
+    "ab",
+]
+QUERY_TEXTS = ["Review: dull and long\nSentiment:", "x", "Review: a film that never ends\nS:"]
+OPTION_TEXTS = [" positive", " negative", "y", " ok"]  # 9, 9, 1 and 3 byte tokens
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma3"])
+def lm(request):
+    return tiny_lm(request.param)
+
+
+def requests_for(lm, with_empty_prefix: bool = True) -> list[ScoreRequest]:
+    """Requests over several shared prefixes (BOS, short, long), queries and option lengths."""
+    options = tuple(tuple(lm.encode(t)) for t in OPTION_TEXTS)
+    prefixes = [tuple(lm.bos + lm.encode(t)) for t in PREFIX_TEXTS]
+    if with_empty_prefix:
+        prefixes.append(())
+    return [
+        ScoreRequest(prefix, tuple(lm.encode(q)), options)
+        for prefix in prefixes
+        for q in QUERY_TEXTS
+    ]
+
+
+@torch.inference_mode()
+def hand_logprobs(lm, tokens: tuple[int, ...]) -> list[float]:
+    """log p(token t | tokens before t) for t >= 1, from the model's plain forward."""
+    logits = lm.model(input_ids=torch.tensor([tokens])).logits[0].float()
+    logprobs = logits.log_softmax(-1)
+    return [logprobs[t - 1, tokens[t]].item() for t in range(1, len(tokens))]
+
+
+def test_byte_tokenizer_gives_single_and_multi_token_options(lm):
+    assert len(lm.encode("y")) == 1
+    assert len(lm.encode(" positive")) == 9
+    assert lm.bos == [lm.tokenizer.bos_token_id]
+
+
+def hand_case(lm):
+    """Three requests (BOS-only, long and short prefix) and each option's hand log-probs."""
+    requests = requests_for(lm, with_empty_prefix=False)[::4]
+    hand = [
+        [hand_logprobs(lm, req.prefix + req.query + option) for option in req.options]
+        for req in requests
+    ]
+    return requests, hand
+
+
+@pytest.fixture(scope="module")
+def hand(lm):
+    return hand_case(lm)
+
+
+@pytest.mark.parametrize("engine", ["prefix", "naive"])
+def test_option_score_equals_a_hand_computation(lm, hand, engine):
+    requests, expected = hand
+    assert {len(o) for o in requests[0].options} >= {1, 9}  # single- and multi-token options
+    results = score_requests(lm, requests, engine, batch_size=4)
+    for req, res, per_option in zip(requests, results, expected):
+        start = len(req.prefix) + len(req.query) - 1
+        for option, logprobs, full in zip(req.options, res.option_logprobs, per_option):
+            assert len(logprobs) == len(option)
+            assert logprobs == pytest.approx(full[start:], abs=TOL)
+            assert sum(logprobs) == pytest.approx(sum(full[start:]), abs=TOL)
+
+
+@pytest.mark.parametrize("engine", ["prefix", "naive"])
+def test_prompt_nlls_equal_a_hand_computation(lm, hand, engine):
+    requests, expected = hand
+    for req, res, per_option in zip(requests, score_requests(lm, requests, engine, 4), expected):
+        p, q = len(req.prefix), len(req.query)
+        lp = per_option[0][: p + q - 1]  # the prompt's tokens come before any option token
+        assert (res.prefix_count, res.query_count) == (p - 1, q)
+        assert res.prefix_nll == pytest.approx(-sum(lp[: p - 1]), abs=TOL)
+        assert res.query_nll == pytest.approx(-sum(lp[p - 1 :]), abs=TOL)
+
+
+def test_prefix_and_naive_engines_agree(lm):
+    requests = requests_for(lm)
+    fast = score_requests(lm, requests, "prefix", 4)
+    slow = score_requests(lm, requests, "naive", 4)
+    for req, a, b in zip(requests, fast, slow):
+        assert (a.prefix_count, a.query_count) == (b.prefix_count, b.query_count), req
+        assert a.prefix_nll == pytest.approx(b.prefix_nll, abs=TOL)
+        assert a.query_nll == pytest.approx(b.query_nll, abs=TOL)
+        for x, y in zip(a.option_logprobs, b.option_logprobs):
+            assert x == pytest.approx(y, abs=TOL)
+
+
+def test_engines_agree_on_options_without_prompt_nlls(lm):
+    requests = requests_for(lm)
+    fast = score_requests(lm, requests, "prefix", 4, want_query=False)
+    slow = score_requests(lm, requests, "naive", 4, want_query=False)
+    for a, b in zip(fast, slow):
+        assert a.query_count == b.query_count == 0
+        for x, y in zip(a.option_logprobs, b.option_logprobs):
+            assert x == pytest.approx(y, abs=TOL)
+
+
+def test_engines_agree_on_a_prefix_far_past_the_sliding_window():
+    lm = tiny_lm("gemma3")
+    assert lm.model.config.sliding_window == 8
+    prefix = tuple(lm.bos + lm.encode("Review: " + "long demonstration text " * 6 + "\n\n"))
+    assert len(prefix) > 10 * lm.model.config.sliding_window
+    options = (tuple(lm.encode(" yes")), tuple(lm.encode(" no")))
+    requests = [ScoreRequest(prefix, tuple(lm.encode(q)), options) for q in ("Query:", "Q: z\nA:")]
+    fast, slow = (score_requests(lm, requests, e, 2) for e in ("prefix", "naive"))
+    for a, b in zip(fast, slow):
+        assert a.prefix_nll == pytest.approx(b.prefix_nll, abs=TOL)
+        assert a.query_nll == pytest.approx(b.query_nll, abs=TOL)
+        for x, y in zip(a.option_logprobs, b.option_logprobs):
+            assert x == pytest.approx(y, abs=TOL)
+
+
+def flatten(results) -> list[float]:
+    out = []
+    for r in results:
+        out += [r.prefix_nll, r.query_nll, r.prefix_count, r.query_count]
+        out += [v for option in r.option_logprobs for v in option]
+    return out
+
+
+def test_scoring_twice_gives_the_same_numbers(lm):
+    requests = requests_for(lm)
+    first = score_requests(lm, requests, "prefix", 3)
+    second = score_requests(lm, requests, "prefix", 3)
+    assert flatten(second) == pytest.approx(flatten(first), abs=1e-6)
+
+
+def test_batch_size_does_not_change_the_numbers(lm):
+    requests = requests_for(lm)
+    reference = flatten(score_requests(lm, requests, "prefix", 16))
+    for batch_size in (1, 3, 16):
+        numbers = flatten(score_requests(lm, requests, "prefix", batch_size))
+        assert numbers == pytest.approx(reference, abs=1e-5), batch_size
+
+
+def test_a_request_scores_the_same_alone_as_among_others(lm):
+    requests = requests_for(lm)
+    together = score_requests(lm, requests, "prefix", 16)
+    for i in (0, len(requests) // 2, len(requests) - 1):
+        alone = score_requests(lm, [requests[i]], "prefix", 16)
+        assert flatten(alone) == pytest.approx(flatten([together[i]]), abs=1e-5)
+    reordered = score_requests(lm, requests[::-1], "prefix", 3)
+    assert flatten(reordered[::-1]) == pytest.approx(flatten(together), abs=1e-5)
+
+
+def test_a_request_with_an_empty_query_is_refused(lm):
+    with pytest.raises(ValueError, match="non-empty query"):
+        score_requests(lm, [ScoreRequest(tuple(lm.bos), (), ((5,),))], "prefix")
+
+
+def test_unknown_engine_lists_the_valid_engines(lm):
+    request = ScoreRequest(tuple(lm.bos), (5, 6), ((7,),))
+    with pytest.raises(ICLError, match="valid scoring engines: naive, prefix"):
+        score_requests(lm, [request], "turbo")
