@@ -1,8 +1,11 @@
 """Forward passes that turn token sequences into the log-probabilities scoring needs.
 
-Two engines compute the same numbers:
+Three engines compute the same numbers:
 - ``prefix``: the demonstration block (the prefix shared by a cell's examples) is encoded once;
-  its KV cache is expanded over batches of right-padded suffixes, never mutated.
+  batches of right-padded suffixes attend to its single copy (``prefix_attention``).
+- ``prefix_copy``: the same, through a transformers KV cache expanded over the batch (attention
+  then concatenates the prefix into every example); kept as a second reference and for models
+  whose attention modules the shared-prefix function does not fit.
 - ``naive``: every (prefix + query + option) sequence is recomputed from scratch with the
   model's plain forward; the reference the tests hold the fast engine to.
 """
@@ -17,7 +20,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-ENGINES = ("prefix", "naive")
+from icl.lm.prefix_attention import prefix_from_cache, shared_prefix
+
+ENGINES = ("prefix", "prefix_copy", "naive")
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,29 @@ def build_rows(requests, indices, want_query: bool) -> list[Row]:
     return list(rows.values())
 
 
-def run_rows(model, rows: list[Row], cache, prefix_len: int, batch_size: int, device, sink):
+def forward_suffix(base, ids, positions, cache, prefix_len: int, attention: str):
+    """Hidden states of right-padded suffixes that continue the prefix held by ``cache``."""
+    if cache is None:
+        return base(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
+    if attention == "shared":
+        with shared_prefix(base, prefix_from_cache(cache, prefix_len)):
+            return base(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
+    view = expand_cache(cache, ids.shape[0])
+    return base(
+        input_ids=ids, position_ids=positions, use_cache=True, **cache_kwargs(base, view)
+    ).last_hidden_state
+
+
+def run_rows(
+    model,
+    rows: list[Row],
+    cache,
+    prefix_len: int,
+    batch_size: int,
+    device,
+    sink,
+    attention: str = "shared",
+):
     """Forward rows in length-sorted batches over the (optional) prefix cache."""
     base = model.base_model
     order = sorted(range(len(rows)), key=lambda r: len(rows[r].tokens))
@@ -119,13 +146,9 @@ def run_rows(model, rows: list[Row], cache, prefix_len: int, batch_size: int, de
             ids[b, : len(row.tokens)] = torch.tensor(row.tokens)
         # right padding: causal attention keeps pads out of every real position, no mask needed
         positions = (prefix_len + torch.arange(width)).expand(len(batch), -1)
-        kwargs = {} if cache is None else cache_kwargs(base, expand_cache(cache, len(batch)))
-        hidden = base(
-            input_ids=ids.to(device),
-            position_ids=positions.to(device),
-            use_cache=cache is not None,
-            **kwargs,
-        ).last_hidden_state
+        hidden = forward_suffix(
+            base, ids.to(device), positions.to(device), cache, prefix_len, attention
+        )
         b_idx, p_idx, targets, keys = [], [], [], []
         for b, row in enumerate(batch):
             for pos, target, key in row.reads:
@@ -176,7 +199,9 @@ def _empty_results(requests) -> list[ScoreResult]:
 
 
 @torch.inference_mode()
-def score_prefix_reuse(lm, requests, batch_size: int, want_query: bool, progress: bool):
+def score_prefix_reuse(
+    lm, requests, batch_size: int, want_query: bool, progress: bool, attention: str = "shared"
+):
     """Encode each distinct prefix once and score its examples' suffixes over its cache."""
     results = _empty_results(requests)
     sink = _sink_into(results, requests)
@@ -191,7 +216,7 @@ def score_prefix_reuse(lm, requests, batch_size: int, want_query: bool, progress
             if want_query and next_lp is not None:
                 sink(("q", i, 0), next_lp[requests[i].query[0]].item())
         rows = build_rows(requests, indices, want_query)
-        run_rows(lm.model, rows, cache, len(prefix), batch_size, lm.device, sink)
+        run_rows(lm.model, rows, cache, len(prefix), batch_size, lm.device, sink, attention)
         bar.update(len(indices))
     bar.close()
     return results
@@ -249,7 +274,11 @@ def score_requests(
     memo = lm.memo.setdefault((engine, want_query), {})
     todo = list(dict.fromkeys(req for req in requests if req not in memo))
     if todo:
-        run = score_prefix_reuse if engine == "prefix" else score_naive
-        for req, result in zip(todo, run(lm, todo, batch_size, want_query, progress)):
+        if engine == "naive":
+            scored = score_naive(lm, todo, batch_size, want_query, progress)
+        else:
+            attention = "shared" if engine == "prefix" else "copy"
+            scored = score_prefix_reuse(lm, todo, batch_size, want_query, progress, attention)
+        for req, result in zip(todo, scored):
             memo[req] = result
     return [copy.deepcopy(memo[req]) for req in requests]
