@@ -13,7 +13,7 @@ from omegaconf import MISSING
 
 LABEL_SETTINGS = ("gold", "random", "permuted")
 SAMPLING_RULES = ("uniform", "balanced")
-SCORING_ENGINES = ("prefix", "prefix_copy", "naive")
+SCORING_ENGINES = ("prefix", "prefix_shared", "naive")
 SCORING_RULES = ("direct",)
 LOGGERS = ("none", "wandb")
 

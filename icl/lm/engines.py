@@ -2,10 +2,10 @@
 
 Three engines compute the same numbers:
 - ``prefix``: the demonstration block (the prefix shared by a cell's examples) is encoded once;
-  batches of right-padded suffixes attend to its single copy (``prefix_attention``).
-- ``prefix_copy``: the same, through a transformers KV cache expanded over the batch (attention
-  then concatenates the prefix into every example); kept as a second reference and for models
-  whose attention modules the shared-prefix function does not fit.
+  its KV cache is expanded over batches of right-padded suffixes (a view, never mutated), and
+  the model's own attention (SDPA) concatenates it into each example.
+- ``prefix_shared``: the same prefix, but the suffix batch attends to its single copy through
+  a custom attention function (``prefix_attention``): no per-example copy of the prefix.
 - ``naive``: every (prefix + query + option) sequence is recomputed from scratch with the
   model's plain forward; the reference the tests hold the fast engine to.
 """
@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from icl.lm.prefix_attention import prefix_from_cache, shared_prefix
 
-ENGINES = ("prefix", "prefix_copy", "naive")
+ENGINES = ("prefix", "prefix_shared", "naive")
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def run_rows(
     batch_size: int,
     device,
     sink,
-    attention: str = "shared",
+    attention: str = "copy",
 ):
     """Forward rows in length-sorted batches over the (optional) prefix cache."""
     base = model.base_model
@@ -200,7 +200,7 @@ def _empty_results(requests) -> list[ScoreResult]:
 
 @torch.inference_mode()
 def score_prefix_reuse(
-    lm, requests, batch_size: int, want_query: bool, progress: bool, attention: str = "shared"
+    lm, requests, batch_size: int, want_query: bool, progress: bool, attention: str = "copy"
 ):
     """Encode each distinct prefix once and score its examples' suffixes over its cache."""
     results = _empty_results(requests)
@@ -277,7 +277,7 @@ def score_requests(
         if engine == "naive":
             scored = score_naive(lm, todo, batch_size, want_query, progress)
         else:
-            attention = "shared" if engine == "prefix" else "copy"
+            attention = "shared" if engine == "prefix_shared" else "copy"
             scored = score_prefix_reuse(lm, todo, batch_size, want_query, progress, attention)
         for req, result in zip(todo, scored):
             memo[req] = result
