@@ -225,6 +225,9 @@ def tokens_to_compute(requests) -> int:
 def score_timed(lm, requests, engine: str, batch_size: int, device: str):
     from icl.lm import score_requests
 
+    memo = getattr(lm, "memo", None)
+    if memo is not None:  # icl remembers scored requests per process: time the computation
+        memo.clear()
     sync(device)
     t0 = time.perf_counter()
     results = score_requests(lm, requests, engine=engine, batch_size=batch_size,
@@ -541,9 +544,9 @@ def report(args, info, r) -> str:
     # agreement
     if lm is not None:
         rows = []
-        for label, variant, key in [("icl prefix, lm-eval's tokens", "prefix", "matched"),
-                                    ("icl naive, lm-eval's tokens", "naive", "matched"),
-                                    ("icl prefix, icl's own tokenization", "prefix", "native")]:
+        runs = [(f"icl {e}, lm-eval's tokens", e, "matched") for e in icl_rows]
+        runs.append(("icl prefix, icl's own tokenization", "prefix", "native"))
+        for label, variant, key in runs:
             c = r["compare"].get(f"{variant}/{key}")
             if c is None:
                 continue
@@ -561,10 +564,7 @@ def report(args, info, r) -> str:
 
     # speed
     srows = []
-    for engine in ("prefix", "naive"):
-        w = icl_rows.get(engine)
-        if w is None:
-            continue
+    for engine, w in icl_rows.items():
         v = w["variants"]["matched"]
         scoring = v["build_s"] + v["score_s"]
         srows.append([f"icl {engine}", fmt(v["n"] / scoring), fmt(scoring), fmt(v["score_s"]),
@@ -594,9 +594,9 @@ def report(args, info, r) -> str:
                   f"(lm-eval / icl prefix).\n")
         speed += (f"Model-only (forward passes) ratio icl prefix / lm-eval: "
                   f"{(v['n'] / v['score_s']) / (len(lm['samples']) / lm['forward_s']):.1f}x.\n")
-        if "naive" in icl_rows:
-            w = icl_rows["naive"]["variants"]["matched"]
-            speed += (f"icl naive / lm-eval examples/s: "
+        for engine in [e for e in icl_rows if e != "prefix"]:
+            w = icl_rows[engine]["variants"]["matched"]
+            speed += (f"icl {engine} / lm-eval examples/s: "
                       f"{(w['n'] / (w['build_s'] + w['score_s'])) / lm_eps:.2f}x.\n")
     parts.append(speed)
 
@@ -662,6 +662,15 @@ def parent(args) -> None:
     folder = cache_root() / cache_key(cfg, gguf_path(cfg))
     info = machine_info(args.device)
     r = {"folder": str(folder), "command": shlex.join(["python", *sys.argv]), "notes": []}
+    from icl.lm import ENGINES
+
+    engines = [e for e in args.engines.split(",") if e]
+    engines = ["prefix"] + [e for e in dict.fromkeys(engines) if e != "prefix"]
+    if args.skip_naive:
+        engines = [e for e in engines if e != "naive"]
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown:
+        raise SystemExit(f"unknown icl engine(s) {unknown}; icl has {list(ENGINES)}")
     common = ["--device", args.device, "--dtype", args.dtype, "--batch-size", str(args.batch_size)]
 
     with tempfile.TemporaryDirectory(prefix="icl-vs-lm-eval-") as tmp:
@@ -671,9 +680,7 @@ def parent(args) -> None:
 
         # icl first: its loader dequantises the GGUF into `folder` when it is not cached yet
         r["icl"] = {}
-        for engine in ("prefix", "naive"):
-            if engine == "naive" and args.skip_naive:
-                continue
+        for engine in engines:
             r["icl"][engine] = run_child(f"icl {engine}", ["--worker", "icl", "--engine", engine,
                                                            "--spec", str(spec), "--naive-n-test",
                                                            str(args.naive_n_test), *common],
@@ -743,20 +750,23 @@ def main(argv=None) -> None:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--n-test", type=int, default=200, help="first N lines of the SST-2 test file")
     p.add_argument("--k", type=int, default=16, help="demonstrations for the comparison")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="for both tools")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--skip-lm-eval", action="store_true", help="icl only (no comparison)")
+    p.add_argument("--engines", default="prefix,naive",
+                   help="icl engines to compare with lm-eval (prefix always runs)")
     p.add_argument("--skip-naive", action="store_true", help="skip icl's naive engine")
     p.add_argument("--naive-n-test", type=int, default=0,
                    help="score only the first N examples with the slow naive engine (0: all)")
     p.add_argument("--skip-raw", action="store_true", help="skip the raw forward-rate run")
     p.add_argument("--skip-scaling", action="store_true", help="skip the k / model scaling table")
     p.add_argument("--ks", default="0,4,16,32", help="k values of the scaling table")
-    p.add_argument("--scaling-models", default="smollm2-135m,gemma3-270m")
-    p.add_argument("--raw-batch", type=int, default=16)
-    p.add_argument("--raw-len", type=int, default=512)
-    p.add_argument("--raw-reps", type=int, default=3)
+    p.add_argument("--scaling-models", default="smollm2-135m,gemma3-270m",
+                   help=f"models of the scaling table, of {sorted(MODELS)}")
+    p.add_argument("--raw-batch", type=int, default=16, help="raw forward: sequences")
+    p.add_argument("--raw-len", type=int, default=512, help="raw forward: tokens per sequence")
+    p.add_argument("--raw-reps", type=int, default=3, help="raw forward: timed repeats (best)")
     p.add_argument("--data-dir", default=None,
                    help="folder with stsa.binary.{train,test} (default: icl's data dir /sst2)")
     p.add_argument("--out", default=str(HERE / "RESULTS.md"),

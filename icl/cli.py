@@ -38,12 +38,27 @@ def setup() -> None:
     register_resolvers()
 
 
+def checked(cfg):
+    """The config merged onto the schema, so keys added with ``+`` cannot slip past it."""
+    from omegaconf.errors import ConfigKeyError, MissingMandatoryValue
+
+    from icl.config import RunConfig
+
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=False)
+        return OmegaConf.merge(OmegaConf.structured(RunConfig), plain)
+    except ConfigKeyError as err:
+        raise ICLError(f"unknown config key: {err.msg.splitlines()[0]}") from err
+    except MissingMandatoryValue as err:
+        raise ICLError(f"{err.msg.splitlines()[0]}: set it on the command line") from err
+
+
 def execute(cfg) -> float:
     """Run one composed config (a DictConfig from Hydra or compose()) and return accuracy."""
     from icl import runner, tracking
     from icl.results import read_predictions
 
-    run_cfg = OmegaConf.to_object(cfg)
+    run_cfg = OmegaConf.to_object(checked(cfg))
     metrics = runner.run_cell(run_cfg)
     if run_cfg.logger.name != "none":
         tracking.log_run(run_cfg, metrics, read_predictions(Path(run_cfg.out_dir)))
@@ -70,8 +85,8 @@ def run() -> None:
 
     @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
     def _main(cfg) -> float:
-        cfg.out_dir = HydraConfig.get().runtime.output_dir
         try:
+            cfg.out_dir = HydraConfig.get().runtime.output_dir
             return execute(cfg)
         except ICLError as err:
             print(f"icl-run: error: {err}", file=sys.stderr)

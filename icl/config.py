@@ -25,8 +25,8 @@ class ModelConfig:
     name: str = MISSING
     # hub | folder | gguf | package | tiny
     source: str = MISSING
-    # hub id, folder path or GGUF file path (unused for package and tiny)
-    path: str | None = None
+    # hub id, folder path or GGUF file path (null for package and tiny)
+    path: str | None = MISSING
     # for source=package: the distribution that ships the GGUF and the file inside it
     package: str | None = None
     package_file: str | None = None

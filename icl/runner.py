@@ -114,20 +114,16 @@ def build_prompt(lm, plan: CellPlan, demo_set: DemoSet, query: Example, options)
     )
 
 
-_ZERO_SHOT_NLL: dict[tuple, tuple[float, int]] = {}
-
-
 def zero_shot_perplexities(lm, plan: CellPlan, prompts: list[Prompt]) -> list[float]:
-    """Perplexity of each zero-shot prompt (template and input, no label), cached per process."""
+    """Perplexity of each zero-shot prompt (instruction, template and input; no label).
+
+    The model's score memo runs each one once per process, however many cells need it.
+    """
     cfg = plan.cfg
-    keys = [(lm.name, cfg.task.name, plan.template_name, ex.id) for ex in plan.test]
-    todo = [i for i, key in enumerate(keys) if key not in _ZERO_SHOT_NLL]
     prefix = tuple(lm.bos + lm.encode(templates.render_prefix(plan.template, [])))
-    requests = [ScoreRequest(prefix, prompts[i].request.query, ()) for i in todo]
+    requests = [ScoreRequest(prefix, p.request.query, ()) for p in prompts]
     scored = score_requests(lm, requests, cfg.scoring.engine, cfg.eval.batch_size, True, False)
-    for i, r in zip(todo, scored):
-        _ZERO_SHOT_NLL[keys[i]] = (r.prefix_nll + r.query_nll, r.prefix_count + r.query_count)
-    return [perplexity(*_ZERO_SHOT_NLL[key]) for key in keys]
+    return [perplexity(r.prefix_nll + r.query_nll, r.prefix_count + r.query_count) for r in scored]
 
 
 def prediction_rows(plan: CellPlan, prompts, scored, zero_ppl) -> list[dict]:

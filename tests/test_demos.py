@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 from helpers import run_config
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
-from icl.config import DemosConfig
+from icl.config import LABEL_SETTINGS, SAMPLING_RULES, DemosConfig
 from icl.demos import check_demo_request, choose_demos, label_mapping
 from icl.errors import ICLError
 from icl.runner import plan_cell
@@ -166,17 +166,19 @@ def test_balanced_k_larger_than_a_class_allows_is_an_error_with_the_class_counts
 
 
 @pytest.mark.parametrize(
-    ("field", "value", "message"),
-    [
-        ("labels", "shuffled", "valid label settings: gold, permuted, random"),
-        ("sampling", "stratified", "valid sampling rules: balanced, uniform"),
-        ("k", -1, "must be >= 0"),
-    ],
+    ("field", "value", "valid"),
+    [("labels", "shuffled", LABEL_SETTINGS), ("sampling", "stratified", SAMPLING_RULES)],
 )
-def test_invalid_demonstration_request_is_an_error(field, value, message):
-    cfg = demos(2, **{field: value}) if field != "k" else demos(value)
-    with pytest.raises(ICLError, match=message):
-        check_demo_request([0, 1, 0, 1], 2, cfg)
+def test_unknown_label_setting_or_sampling_rule_lists_the_valid_names(field, value, valid):
+    with pytest.raises(ICLError, match=f"'{value}'") as info:
+        check_demo_request([0, 1, 0, 1], 2, demos(2, **{field: value}))
+    for name in valid:
+        assert name in str(info.value)
+
+
+def test_negative_k_is_an_error():
+    with pytest.raises(ICLError, match="must be >= 0"):
+        check_demo_request([0, 1, 0, 1], 2, demos(-1))
 
 
 @pytest.mark.parametrize("k", range(15))

@@ -9,6 +9,7 @@ import pytest
 from helpers import CountingLoader, fail_if_loaded, run_config, task_pools, tiny_lm
 
 from icl import results
+from icl.config import LABEL_SETTINGS, SCORING_ENGINES
 from icl.errors import ICLError
 from icl.runner import plan_cell, run_cell
 
@@ -25,14 +26,16 @@ def test_unknown_template_lists_the_valid_names(tmp_path):
 
 def test_unknown_label_setting_lists_the_valid_settings(tmp_path):
     cfg = run_config(*SMALL, "demos.labels=shuffled", out_dir=tmp_path)
-    with pytest.raises(ICLError, match="'shuffled'.*gold, permuted, random"):
+    with pytest.raises(ICLError, match="'shuffled'") as info:
         run_cell(cfg, load_model=fail_if_loaded)
+    assert all(name in str(info.value) for name in LABEL_SETTINGS)
 
 
 def test_unknown_scoring_engine_lists_the_valid_engines(tmp_path):
     cfg = run_config(*SMALL, "scoring.engine=turbo", out_dir=tmp_path)
-    with pytest.raises(ICLError, match="'turbo'.*naive, prefix"):
+    with pytest.raises(ICLError, match="'turbo'") as info:
         run_cell(cfg, load_model=fail_if_loaded)
+    assert all(name in str(info.value) for name in SCORING_ENGINES)
 
 
 def test_template_naming_a_field_the_task_does_not_load_fails_before_the_model(tmp_path):
@@ -51,21 +54,9 @@ def test_field_the_dataset_lacks_fails_before_the_model(tmp_path, task_name):
         run_cell(cfg, load_model=fail_if_loaded)
 
 
-def test_split_without_labels_fails_before_the_model(tmp_path):
+def test_split_without_labels_fails_before_the_model_and_names_the_setting(tmp_path):
     cfg = run_config(*SMALL, "task=cb", "task.eval_split=test", out_dir=tmp_path)
-    with pytest.raises(ICLError, match="split 'test' of task 'cb' has no label"):
-        run_cell(cfg, load_model=fail_if_loaded)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="icl bug: datasets gives cb/test.jsonl the label column of the other splits (all "
-    "None), so check_split passes and to_examples raises 'row 0 ... has no label' without "
-    "saying which setting to change",
-)
-def test_split_without_labels_names_the_setting_to_change(tmp_path):
-    cfg = run_config(*SMALL, "task=cb", "task.eval_split=test", out_dir=tmp_path)
-    with pytest.raises(ICLError, match="task.eval_split"):
+    with pytest.raises(ICLError, match="split 'test' of task 'cb' has no labels.*eval_split"):
         run_cell(cfg, load_model=fail_if_loaded)
 
 
@@ -103,7 +94,7 @@ def raising_loader(model_cfg):
     return lm
 
 
-@pytest.mark.parametrize("engine", ["prefix", "naive"])
+@pytest.mark.parametrize("engine", SCORING_ENGINES)
 def test_crash_during_scoring_leaves_no_metrics(tmp_path, engine):
     cfg = run_config(*SMALL, f"scoring.engine={engine}", out_dir=tmp_path)
     with pytest.raises(RuntimeError, match="injected"):
@@ -136,6 +127,7 @@ def test_metrics_agree_with_the_prediction_rows(tmp_path):
     rows = results.read_predictions(tmp_path)
     assert len(rows) == metrics["n"] == 6
     names = list(cfg.task.label_names)
+    words = cfg.task.templates["review"].label_words
     for row in rows:
         assert row["prediction"] == max(row["option_logprob"], key=row["option_logprob"].get)
         assert row["correct"] == (row["prediction"] == row["gold"])
@@ -143,7 +135,6 @@ def test_metrics_agree_with_the_prediction_rows(tmp_path):
             assert row["option_logprob"][name] == pytest.approx(
                 sum(row["option_token_logprobs"][name])
             )
-        words = cfg.task.templates["review"].label_words
         assert all(s != g for s, g in zip(row["demo_label_words"], row["demo_gold_words"]))
         assert set(row["demo_label_words"]) <= set(words)
     assert metrics["accuracy"] == pytest.approx(np.mean([r["correct"] for r in rows]))
@@ -153,15 +144,16 @@ def test_metrics_agree_with_the_prediction_rows(tmp_path):
 
 def test_engines_give_the_same_predictions_end_to_end(tmp_path):
     by_engine = {}
-    for engine in ("prefix", "naive"):
+    for engine in SCORING_ENGINES:
         cfg = run_config(*SMALL, f"scoring.engine={engine}", out_dir=tmp_path / engine)
         run_cell(cfg, load_model=CountingLoader("gemma3"))
         by_engine[engine] = results.read_predictions(tmp_path / engine)
-    for a, b in zip(by_engine["prefix"], by_engine["naive"]):
-        assert a["prediction"] == b["prediction"]
-        for name, value in a["option_logprob"].items():
-            assert value == pytest.approx(b["option_logprob"][name], abs=1e-4)
-        assert a["kshot_perplexity"] == pytest.approx(b["kshot_perplexity"], rel=1e-4)
+    for engine, rows in by_engine.items():
+        for a, b in zip(rows, by_engine["naive"]):
+            assert a["prediction"] == b["prediction"], engine
+            for name, value in a["option_logprob"].items():
+                assert value == pytest.approx(b["option_logprob"][name], abs=1e-4), engine
+            assert a["kshot_perplexity"] == pytest.approx(b["kshot_perplexity"], rel=1e-4)
 
 
 def test_zero_shot_perplexity_equals_kshot_perplexity_at_k0(tmp_path):
@@ -171,12 +163,6 @@ def test_zero_shot_perplexity_equals_kshot_perplexity_at_k0(tmp_path):
         assert row["zero_shot_perplexity"] == pytest.approx(row["kshot_perplexity"], rel=1e-4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="icl bug: runner._ZERO_SHOT_NLL caches zero-shot NLLs by model *name*, so a second "
-    "model with the same name (model=folder/gguf with another path, another tiny_seed or dtype) "
-    "in the same process reports the first model's zero-shot perplexities",
-)
 def test_zero_shot_perplexity_belongs_to_the_model_that_ran(tmp_path):
     for seed in (0, 1):
         loader = CountingLoader(seed=seed, name="tiny-same-name")

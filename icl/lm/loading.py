@@ -171,6 +171,8 @@ def load_gguf(cfg, dtype: torch.dtype):
 def load_model_and_tokenizer(cfg, dtype: torch.dtype):
     if cfg.source not in MODEL_SOURCES:
         raise ICLError(f"unknown model.source {cfg.source!r}; valid: {', '.join(MODEL_SOURCES)}")
+    if cfg.source in ("hub", "folder", "gguf") and not cfg.path:
+        raise ICLError(f"model source {cfg.source!r} needs a path: add model.path=...")
     if cfg.source == "tiny":
         from icl.lm.tiny import tiny_model_and_tokenizer
 

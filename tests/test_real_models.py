@@ -1,0 +1,70 @@
+"""Real models from the installed model packages (slow: each loads a model on first use)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from helpers import run_config, task_pools
+
+from icl import templates
+from icl.lm.engines import ENGINES, ScoreRequest, score_requests
+from icl.lm.loading import tokenizer_adds_bos
+from icl.runner import cached_model, run_cell
+
+pytestmark = pytest.mark.slow
+
+
+def test_smollm2_beats_the_majority_class_on_sst2(tmp_path):
+    cfg = run_config(
+        "model=smollm2-135m", "task=sst2", "demos.k=4", "eval.n_test=40", out_dir=tmp_path
+    )
+    metrics = run_cell(cfg)
+    assert metrics["n"] == 40
+    assert metrics["accuracy"] > metrics["majority_baseline"], metrics
+
+
+@pytest.mark.parametrize(("model", "adds_bos"), [("smollm2-135m", False), ("gemma3-270m", True)])
+def test_tokenizer_bos_detection(model, adds_bos):
+    lm = cached_model(run_config(f"model={model}").model)
+    assert tokenizer_adds_bos(lm.tokenizer) is adds_bos
+    assert lm.adds_bos is adds_bos
+    assert lm.bos == ([lm.tokenizer.bos_token_id] if adds_bos else [])
+    with_special = lm.tokenizer("a review").input_ids
+    assert (with_special[0] == lm.tokenizer.bos_token_id) is adds_bos
+    assert lm.bos + lm.encode("a review") == with_special
+
+
+@pytest.mark.parametrize("model", ["gemma3-270m", "smollm2-135m"])  # gemma is loaded already
+def test_engines_agree_on_a_real_model_with_a_long_prefix(model):
+    lm = cached_model(run_config(f"model={model}").model)
+    task = run_config("task=sst2").task
+    template = task.templates["review"]
+    pools = task_pools("sst2")
+    # past the sliding window (Gemma: 512), so its local layers see only part of the prefix
+    min_length = (getattr(lm.model.config, "sliding_window", None) or 256) + 32
+    shown, prefix = [], tuple(lm.bos)
+    for ex in pools.demos:
+        if len(prefix) > min_length:
+            break
+        shown.append((ex.fields, template.label_words[ex.label]))
+        prefix = tuple(lm.bos + lm.encode(templates.render_prefix(template, shown)))
+    options = tuple(
+        tuple(lm.encode(templates.render_answer(template, w))) for w in template.label_words
+    )
+    requests = [
+        ScoreRequest(prefix, tuple(lm.encode(templates.render_input(template, ex.fields))), options)
+        for ex in pools.test[:2]
+    ]
+    by_engine = {  # naive runs one full-vocabulary sequence at a time to bound memory
+        engine: score_requests(
+            dataclasses.replace(lm, memo={}), requests, engine, 1 if engine == "naive" else 4
+        )
+        for engine in ENGINES
+    }
+    for engine, results in by_engine.items():
+        for a, b in zip(results, by_engine["naive"]):
+            assert a.prefix_nll == pytest.approx(b.prefix_nll, rel=1e-3), engine
+            assert a.query_nll == pytest.approx(b.query_nll, rel=1e-3), engine
+            for x, y in zip(a.option_logprobs, b.option_logprobs):
+                assert x == pytest.approx(y, abs=2e-3), engine
