@@ -102,26 +102,34 @@ def build_prompt(lm, plan: CellPlan, demo_set: DemoSet, query: Example, options)
     """Token pieces of one prompt, dropping the earliest demonstrations until it fits."""
     words = plan.template.label_words
     demos = [(plan.pool[i].fields, words[c]) for i, c in zip(demo_set.indices, demo_set.shown)]
-    query_ids = tuple(lm.encode(templates.render_input(plan.template, query.fields)))
+    query_text = templates.render_input(plan.template, query.fields)
     longest_option = max(len(o) for o in options)
     for dropped in range(len(demos) + 1):
-        prefix = tuple(lm.bos + lm.encode(templates.render_prefix(plan.template, demos[dropped:])))
-        if len(prefix) + len(query_ids) + longest_option <= lm.max_length:
-            return Prompt(ScoreRequest(prefix, query_ids, options), dropped)
+        request = prompt_request(lm, plan.template, demos[dropped:], query_text, options)
+        if len(request.prefix) + len(request.query) + longest_option <= lm.max_length:
+            return Prompt(request, dropped)
     raise ICLError(
-        f"example {query.id} needs {len(lm.bos) + len(query_ids) + longest_option} tokens even "
-        f"with no demonstrations, more than {lm.name}'s context of {lm.max_length}"
+        f"example {query.id} needs {len(request.prefix) + len(request.query) + longest_option} "
+        f"tokens even with no demonstrations, more than {lm.name}'s context of {lm.max_length}"
     )
 
 
-def zero_shot_perplexities(lm, plan: CellPlan, prompts: list[Prompt]) -> list[float]:
+def prompt_request(lm, template, demos, query_text: str, options) -> ScoreRequest:
+    """The prompt tokenized as one string; the prefix is what the demonstration block covers."""
+    prefix_ids, query_ids = lm.encode_split(templates.render_prefix(template, demos), query_text)
+    return ScoreRequest(tuple(lm.bos + prefix_ids), tuple(query_ids), options)
+
+
+def zero_shot_perplexities(lm, plan: CellPlan) -> list[float]:
     """Perplexity of each zero-shot prompt (instruction, template and input; no label).
 
     The model's score memo runs each one once per process, however many cells need it.
     """
     cfg = plan.cfg
-    prefix = tuple(lm.bos + lm.encode(templates.render_prefix(plan.template, [])))
-    requests = [ScoreRequest(prefix, p.request.query, ()) for p in prompts]
+    requests = [
+        prompt_request(lm, plan.template, [], templates.render_input(plan.template, ex.fields), ())
+        for ex in plan.test
+    ]
     scored = score_requests(lm, requests, cfg.scoring.engine, cfg.eval.batch_size, True, False)
     return [perplexity(r.prefix_nll + r.query_nll, r.prefix_count + r.query_count) for r in scored]
 
@@ -235,7 +243,7 @@ def run_cell(cfg, load_model=cached_model) -> dict:
         cfg.eval.progress,
     )
     scoring_s = time.perf_counter() - scoring_started
-    rows = prediction_rows(plan, prompts, scored, zero_shot_perplexities(lm, plan, prompts))
+    rows = prediction_rows(plan, prompts, scored, zero_shot_perplexities(lm, plan))
     metrics = {**cell, **cell_metrics(plan, rows)}
     metrics.update(
         device=str(lm.device),

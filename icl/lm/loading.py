@@ -46,6 +46,20 @@ class LanguageModel:
         """Token ids of a piece of text, never with special tokens."""
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
+    def encode_split(self, head: str, tail: str) -> tuple[list[int], list[int]]:
+        """Tokens of ``head + tail`` encoded as one string, split where ``head`` ends.
+
+        Encoding the two pieces apart would tokenize the seam unnaturally (a byte-level BPE
+        turns a trailing "\n\n" into one rare token that never precedes a word in running
+        text); a token that straddles the seam goes with the tail.
+        """
+        encoded = self.tokenizer(head + tail, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = list(encoded.input_ids), encoded.offset_mapping
+        cut = 0
+        while cut < len(ids) and offsets[cut][1] <= len(head):
+            cut += 1
+        return ids[:cut], ids[cut:]
+
     @property
     def bos(self) -> list[int]:
         """What starts every sequence: the BOS token when the tokenizer adds one, else nothing."""
