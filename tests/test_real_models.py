@@ -10,7 +10,7 @@ from helpers import run_config, task_pools
 from icl import templates
 from icl.lm.engines import ENGINES, ScoreRequest, score_requests
 from icl.lm.loading import tokenizer_adds_bos
-from icl.runner import cached_model, run_cell
+from icl.runner import build_prompt, cached_model, option_tokens, plan_cell, run_cell
 
 pytestmark = pytest.mark.slow
 
@@ -68,3 +68,19 @@ def test_engines_agree_on_a_real_model_with_a_long_prefix(model):
             assert a.query_nll == pytest.approx(b.query_nll, rel=1e-3), engine
             for x, y in zip(a.option_logprobs, b.option_logprobs):
                 assert x == pytest.approx(y, abs=2e-3), engine
+
+
+@pytest.mark.parametrize("model", ["smollm2-135m", "gemma3-270m"])
+def test_prompt_tokens_are_those_of_the_whole_prompt_string(model, tmp_path):
+    # encoding demonstrations and query apart would tokenize the seam unnaturally
+    cfg = run_config(f"model={model}", "task=sst2", "demos.k=4", "eval.n_test=5", out_dir=tmp_path)
+    lm = cached_model(cfg.model)
+    plan = plan_cell(cfg)
+    options = option_tokens(lm, cfg.task, plan.template)
+    words = plan.template.label_words
+    for demo_set, example in zip(plan.demo_sets, plan.test):
+        prompt = build_prompt(lm, plan, demo_set, example, options)
+        shown = [(plan.pool[i].fields, words[c]) for i, c in zip(demo_set.indices, demo_set.shown)]
+        text = templates.render_prompt(plan.template, shown, example.fields)
+        assert list(prompt.request.prefix + prompt.request.query) == lm.bos + lm.encode(text)
+        assert len(prompt.request.prefix) > len(lm.bos)
