@@ -54,6 +54,20 @@ def logits_from_hidden(model, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def logprobs_at(
+    model, hidden: torch.Tensor, rows: list[int], targets: list[int], chunk: int = 256
+) -> list[float]:
+    """log p(targets[i]) at hidden[rows[i]]; several reads may share a row of hidden states."""
+    rows_t = torch.tensor(rows, device=hidden.device)
+    targets_t = torch.tensor(targets, device=hidden.device)
+    out = torch.empty(len(rows), dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[0], chunk):
+        logprobs = logits_from_hidden(model, hidden[start : start + chunk]).log_softmax(-1)
+        inside = (rows_t >= start) & (rows_t < start + chunk)
+        out[inside] = logprobs[rows_t[inside] - start, targets_t[inside]]
+    return out.tolist()
+
+
 def gather_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 256):
     """log p(target) for each row of hidden states (N, d), in chunks to bound vocab memory."""
     out = []
@@ -149,16 +163,18 @@ def run_rows(
         hidden = forward_suffix(
             base, ids.to(device), positions.to(device), cache, prefix_len, attention
         )
-        b_idx, p_idx, targets, keys = [], [], [], []
+        # each read position goes through the vocabulary head once, whatever it is read for
+        slots: dict[tuple[int, int], int] = {}
+        slot_of, targets, keys = [], [], []
         for b, row in enumerate(batch):
             for pos, target, key in row.reads:
-                b_idx.append(b)
-                p_idx.append(pos)
+                slot_of.append(slots.setdefault((b, pos), len(slots)))
                 targets.append(target)
                 keys.append(key)
+        b_idx, p_idx = zip(*slots)
         chosen = hidden[torch.tensor(b_idx, device=device), torch.tensor(p_idx, device=device)]
-        values = gather_logprobs(model, chosen, torch.tensor(targets, device=device))
-        for key, value in zip(keys, values.tolist()):
+        logprobs = logprobs_at(model, chosen, slot_of, targets)
+        for key, value in zip(keys, logprobs):
             sink(key, value)
 
 
