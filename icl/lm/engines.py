@@ -13,6 +13,7 @@ Three engines compute the same numbers:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -33,6 +34,14 @@ class ScoreRequest:
     query: tuple[int, ...]
     options: tuple[tuple[int, ...], ...]
 
+    def __hash__(self) -> int:
+        # requests are memo keys and a prefix runs to hundreds of tokens: hash it once
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash((self.prefix, self.query, self.options))
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
 
 @dataclass
 class ScoreResult:
@@ -43,6 +52,9 @@ class ScoreResult:
     prefix_count: int = 0
     query_nll: float = 0.0
     query_count: int = 0
+
+    def copy(self) -> ScoreResult:
+        return dataclasses.replace(self, option_logprobs=[list(o) for o in self.option_logprobs])
 
 
 def logits_from_hidden(model, hidden: torch.Tensor) -> torch.Tensor:
@@ -155,9 +167,7 @@ def run_rows(
         if not batch:
             continue
         width = max(len(r.tokens) for r in batch)
-        ids = torch.zeros(len(batch), width, dtype=torch.long)
-        for b, row in enumerate(batch):
-            ids[b, : len(row.tokens)] = torch.tensor(row.tokens)
+        ids = torch.tensor([row.tokens + (0,) * (width - len(row.tokens)) for row in batch])
         # right padding: causal attention keeps pads out of every real position, no mask needed
         positions = (prefix_len + torch.arange(width)).expand(len(batch), -1)
         hidden = forward_suffix(
@@ -297,4 +307,4 @@ def score_requests(
             scored = score_prefix_reuse(lm, todo, batch_size, want_query, progress, attention)
         for req, result in zip(todo, scored):
             memo[req] = result
-    return [copy.deepcopy(memo[req]) for req in requests]
+    return [memo[req].copy() for req in requests]
