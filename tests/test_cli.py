@@ -174,8 +174,9 @@ def test_unknown_template_exits_non_zero_with_the_valid_names(runs):
     assert not list(out.parent.glob("bad*/**/metrics.json"))
 
 
-def test_wandb_logger_in_disabled_mode_runs_a_cell(tmp_path, monkeypatch):
+def test_wandb_logger_in_offline_mode_logs_a_cell_without_an_account(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = compose_config(
         "model=tiny-llama",
         "task=sst2",
@@ -183,9 +184,15 @@ def test_wandb_logger_in_disabled_mode_runs_a_cell(tmp_path, monkeypatch):
         "eval.progress=false",
         "demos.k=1",
         "logger=wandb",
-        "logger.mode=disabled",
+        "logger.mode=offline",
     )
     cfg.out_dir = str(tmp_path / "run")
     accuracy = icl.cli.execute(cfg)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert accuracy == metrics["accuracy"] and metrics["n"] == 4
+    # the offline run's log, and its predictions table with one row per test example
+    (run_dir,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    assert list(run_dir.glob("*.wandb"))
+    (table_file,) = (run_dir / "files" / "media" / "table").glob("predictions_*.table.json")
+    table = json.loads(table_file.read_text())
+    assert len(table["data"]) == 4 and "prediction" in table["columns"]
