@@ -160,7 +160,7 @@ def native_requests(lm, demos: list[dict], tests: list[dict]):
     ]
     plan = SimpleNamespace(template=template, pool=pool)
     demo_set = SimpleNamespace(indices=list(range(len(pool))), shown=[d.label for d in pool])
-    options = runner.option_tokens(lm, None, template)
+    options = runner.option_tokens(lm, template)
     prompts = []
     for i, t in enumerate(tests):
         query = Example(id=f"test-{i}", fields={"text": t["text"]}, label=t["label"])

@@ -85,7 +85,7 @@ def plan_cell(cfg) -> CellPlan:
     return CellPlan(cfg, name, template, pools.demos, test, demo_sets)
 
 
-def option_tokens(lm: LanguageModel, task, template) -> tuple[tuple[int, ...], ...]:
+def option_tokens(lm: LanguageModel, template) -> tuple[tuple[int, ...], ...]:
     """Each class's label word as tokens, with the separator the template implies."""
     options = tuple(
         tuple(lm.encode(templates.render_answer(template, w))) for w in template.label_words
@@ -231,7 +231,7 @@ def run_cell(cfg, load_model=cached_model) -> dict:
     started = time.perf_counter()
     plan = plan_cell(cfg)
     lm = load_model(cfg.model)
-    options = option_tokens(lm, cfg.task, plan.template)
+    options = option_tokens(lm, plan.template)
     prompts = [build_prompt(lm, plan, d, ex, options) for d, ex in zip(plan.demo_sets, plan.test)]
     scoring_started = time.perf_counter()
     scored = score_requests(

@@ -76,7 +76,7 @@ def test_prompt_tokens_are_those_of_the_whole_prompt_string(model, tmp_path):
     cfg = run_config(f"model={model}", "task=sst2", "demos.k=4", "eval.n_test=5", out_dir=tmp_path)
     lm = cached_model(cfg.model)
     plan = plan_cell(cfg)
-    options = option_tokens(lm, cfg.task, plan.template)
+    options = option_tokens(lm, plan.template)
     words = plan.template.label_words
     for demo_set, example in zip(plan.demo_sets, plan.test):
         prompt = build_prompt(lm, plan, demo_set, example, options)
