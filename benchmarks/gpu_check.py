@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from pathlib import Path
 
 import torch
 
@@ -152,6 +153,28 @@ def throughput(device, dtype, n, batch_size, prefix_len, lines):
             torch.cuda.empty_cache()
 
 
+def profile(device, dtype, n, batch_size, prefix_len, engine, lines):
+    """Where the time of one scoring call goes: the top operators by CPU and by device time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    lm = build("smollm2-135m", device, dtype)
+    reqs = requests(n, prefix_len, 25, (1, 1), lm.model.config.vocab_size)
+    rate(lm, reqs[: batch_size * 2], engine, batch_size, device)  # warm-up
+    lm.memo.clear()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        score_requests(lm, reqs, engine, batch_size, False)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    for key in ("cpu_time_total", "self_cpu_time_total") + (
+        ("cuda_time_total",) if device.type == "cuda" else ()
+    ):
+        lines.append(f"\n## Profile of engine {engine}, sorted by {key}\n\n```")
+        lines.append(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60))
+        lines.append("```")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -161,6 +184,7 @@ def main():
     parser.add_argument("--prefix-len", type=int, default=450)
     parser.add_argument("--exact-n", type=int, default=24)
     parser.add_argument("--exact-prefix-len", type=int, default=600, help="past Gemma's window")
+    parser.add_argument("--profile", default=None, help="an engine to profile instead")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -170,6 +194,21 @@ def main():
     lines = [
         f"# GPU check: {name}, torch {torch.__version__}, transformers {transformers.__version__}"
     ]
+    if args.profile:
+        profile(
+            device,
+            getattr(torch, args.dtype),
+            args.n,
+            args.batch_size,
+            args.prefix_len,
+            args.profile,
+            lines,
+        )
+        text = "\n".join(lines) + "\n"
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text)
+        return
     exactness(device, lines, args.exact_n, args.exact_prefix_len)
     print("\n".join(lines), flush=True)
     throughput(device, getattr(torch, args.dtype), args.n, args.batch_size, args.prefix_len, lines)
