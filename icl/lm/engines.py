@@ -80,16 +80,6 @@ def logprobs_at(
     return out.tolist()
 
 
-def gather_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 256):
-    """log p(target) for each row of hidden states (N, d), in chunks to bound vocab memory."""
-    out = []
-    for start in range(0, hidden.shape[0], chunk):
-        logits = logits_from_hidden(model, hidden[start : start + chunk])
-        logprobs = logits.log_softmax(-1)
-        out.append(logprobs.gather(-1, targets[start : start + chunk, None])[:, 0])
-    return torch.cat(out) if out else hidden.new_zeros(0)
-
-
 def expand_cache(cache, batch_size: int):
     """A per-batch view of the prefix cache: layers share the prefix tensors, never write them."""
     view = copy.copy(cache)
@@ -199,9 +189,8 @@ def encode_prefix(model, prefix: tuple[int, ...], device, want_nll: bool):
     cache = getattr(out, "cache", None) or out.past_key_values
     nll, count = 0.0, 0
     if want_nll and len(prefix) > 1:
-        targets = torch.tensor(prefix[1:], device=device)
-        nll = -gather_logprobs(model, states[:-1], targets).sum().item()
         count = len(prefix) - 1
+        nll = -sum(logprobs_at(model, states[:-1], list(range(count)), list(prefix[1:])))
     next_logprobs = logits_from_hidden(model, states[-1:]).log_softmax(-1)[0]
     return cache, nll, count, next_logprobs
 

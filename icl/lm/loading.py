@@ -123,15 +123,19 @@ def cache_key(cfg, path: Path) -> str:
     return f"{path.stem}-{digest.hexdigest()[:12]}"
 
 
-def dequantise_to_cache(path: Path, target: Path) -> None:
-    """Load a GGUF once, then save the float weights and tokenizer as a plain HF folder."""
+def read_gguf(path: Path, dtype: torch.dtype):
+    """Model and tokenizer from a GGUF file, dequantised by transformers (slow)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("dequantising %s (once; cached in %s)", path, target)
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32
-    )
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    return model, tokenizer
+
+
+def dequantise_to_cache(path: Path, target: Path) -> None:
+    """Load a GGUF once, then save the float weights and tokenizer as a plain HF folder."""
+    log.info("dequantising %s (once; cached in %s)", path, target)
+    model, tokenizer = read_gguf(path, torch.float32)
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -169,13 +173,7 @@ def load_from_hub(cfg, dtype: torch.dtype):
 def load_gguf(cfg, dtype: torch.dtype):
     path = gguf_path(cfg)
     if not cfg.cache:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, dtype=dtype
-        )
-        return model, tokenizer
+        return read_gguf(path, dtype)
     target = cache_root() / cache_key(cfg, path)
     if not (target / "config.json").exists():
         dequantise_to_cache(path, target)
