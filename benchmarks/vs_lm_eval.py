@@ -422,27 +422,28 @@ def worker_lm_eval(args) -> dict:
 
     timings = {"loglikelihood_s": 0.0, "forward_s": 0.0}
     captured = {}
-    outer, inner = lm.loglikelihood, lm._loglikelihood_tokens
 
-    def loglikelihood(requests, *a, **kw):
-        sync(args.device)
-        t = time.perf_counter()
-        res = outer(requests, *a, **kw)
-        sync(args.device)
-        timings["loglikelihood_s"] += time.perf_counter() - t
-        return res
+    def timed(method, key):
+        """The method, with its wall time (device synchronised) added to timings[key]."""
+
+        def wrapper(requests, *a, **kw):
+            sync(args.device)
+            t = time.perf_counter()
+            res = method(requests, *a, **kw)
+            sync(args.device)
+            timings[key] += time.perf_counter() - t
+            return res
+
+        return wrapper
+
+    forward = timed(lm._loglikelihood_tokens, "forward_s")
 
     def loglikelihood_tokens(requests, *a, **kw):
-        for (ctx, cont), ctx_enc, cont_enc in requests:
+        for (ctx, cont), ctx_enc, cont_enc in requests:  # the token ids lm-eval really scores
             captured[(ctx, cont)] = (list(ctx_enc), list(cont_enc))
-        sync(args.device)
-        t = time.perf_counter()
-        res = inner(requests, *a, **kw)
-        sync(args.device)
-        timings["forward_s"] += time.perf_counter() - t
-        return res
+        return forward(requests, *a, **kw)
 
-    lm.loglikelihood = loglikelihood
+    lm.loglikelihood = timed(lm.loglikelihood, "loglikelihood_s")
     lm._loglikelihood_tokens = loglikelihood_tokens
 
     tm = TaskManager(include_path=args.task_dir, include_defaults=False)
