@@ -95,35 +95,86 @@ def run() -> None:
     _main()
 
 
+def rescore(root: Path, rules: list[str]) -> int:
+    """Add cheap rules to every finished run under root (``icl-collect --rescore``)."""
+    from icl import runner
+    from icl.results import METRICS_FILE
+
+    run_dirs = sorted(path.parent for path in Path(root).rglob(METRICS_FILE))
+    for run_dir in run_dirs:
+        metrics = runner.rescore_cell(run_dir, rules)
+        log.info("%s: %s", run_dir, {r: m["accuracy"] for r, m in metrics["rules"].items()})
+    return len(run_dirs)
+
+
 def collect(argv: list[str] | None = None) -> None:
-    """Entry point of ``icl-collect DIR``."""
-    from icl.results import format_table, write_summary
+    """Entry point of ``icl-collect DIR [--rescore RULES]``."""
+    from icl.results import (
+        format_balance_table,
+        format_rule_table,
+        format_table,
+        rule_columns,
+        rule_runs,
+        summarise_seeds,
+        write_summary,
+    )
 
     parser = argparse.ArgumentParser(description="Gather every run under DIR into one table.")
     parser.add_argument("dir", type=Path)
+    parser.add_argument(
+        "--rescore",
+        default=None,
+        metavar="RULES",
+        help="first add these rules (comma-separated: direct_mean, calibrated, pmi) to every "
+        "finished run from its stored log-probs and only the extra passes they need",
+    )
     args = parser.parse_args(argv)
     try:
+        if args.rescore:
+            setup()
+            logging.basicConfig(level=logging.INFO, format="%(message)s")
+            rescore(args.dir, [r.strip() for r in args.rescore.split(",") if r.strip()])
         runs, seeds = write_summary(args.dir)
     except FileNotFoundError as err:
         parser.exit(2, f"icl-collect: error: {err}\n")
+    except ICLError as err:
+        parser.exit(2, f"icl-collect: error: {err}\n")
     print(f"{len(runs)} runs -> {args.dir / 'summary.csv'}, {args.dir / 'summary_seeds.csv'}")
     print(format_table(seeds))
+    if rule_columns(runs):
+        by_rule = summarise_seeds(rule_runs(runs))
+        print(f"\naccuracy (%) per rule -> {args.dir / 'summary_rules.csv'}")
+        print(format_rule_table(by_rule))
+        if "calibrated" in set(by_rule["scored_rule"]):
+            print("\nprediction shares per class, before and after calibration")
+            print(format_balance_table(by_rule))
 
 
 def plot(argv: list[str] | None = None) -> None:
     """Entry point of ``icl-plot DIR``."""
     from icl.plots import plot_accuracy_vs_k
-    from icl.results import write_summary
+    from icl.results import rule_runs, write_summary
 
     parser = argparse.ArgumentParser(description="Plot accuracy against k per label setting.")
     parser.add_argument("dir", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="PNG path (DIR/accuracy_vs_k.png)")
     parser.add_argument("--metric", default="accuracy", choices=["accuracy", "macro_f1"])
+    parser.add_argument(
+        "--by",
+        default="labels",
+        choices=["labels", "rule"],
+        help="a line per label setting, or per scoring rule (DIR/accuracy_vs_k_by_rule.png)",
+    )
     args = parser.parse_args(argv)
     try:
         runs = write_summary(args.dir)[0]  # re-collected, so the figure matches the runs on disk
-    except FileNotFoundError as err:
+        if args.by == "rule":
+            runs = rule_runs(runs)
+    except (FileNotFoundError, ValueError) as err:
         parser.exit(2, f"icl-plot: error: {err}\n")
-    out = args.out or args.dir / f"{args.metric}_vs_k.png"
-    plot_accuracy_vs_k(runs, out, metric=args.metric)
+    suffix = "_by_rule" if args.by == "rule" else ""
+    out = args.out or args.dir / f"{args.metric}_vs_k{suffix}.png"
+    plot_accuracy_vs_k(
+        runs, out, metric=args.metric, by="scored_rule" if args.by == "rule" else "labels"
+    )
     print(f"figure -> {out}")

@@ -14,7 +14,7 @@ from omegaconf import MISSING
 LABEL_SETTINGS = ("gold", "random", "permuted")
 SAMPLING_RULES = ("uniform", "balanced")
 SCORING_ENGINES = ("prefix", "prefix_shared", "naive")
-SCORING_RULES = ("direct",)
+SCORING_RULES = ("direct", "direct_mean", "channel", "calibrated", "pmi")
 LOGGERS = ("none", "wandb")
 
 
@@ -128,7 +128,14 @@ class EvalConfig:
 @dataclass
 class ScoringConfig:
     engine: str = "prefix"
+    # the rule behind each prediction, accuracy and macro-F1 (SCORING_RULES; see icl/scoring.py)
     rule: str = "direct"
+    # more rules whose predictions and metrics are reported alongside ``rule``'s
+    rules: list[str] = field(default_factory=list)
+    # calibrated: the content-free inputs that estimate the label bias (Zhao et al. 2021)
+    content_free: list[str] = field(default_factory=lambda: ["N/A", "", "[MASK]"])
+    # pmi: the domain premise; null takes the template's input after its last field, stripped
+    domain_premise: str | None = None
 
 
 @dataclass

@@ -11,6 +11,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 LABEL_COLOURS = {"gold": "#1b9e77", "random": "#d95f02", "permuted": "#7570b3"}
+RULE_COLOURS = {
+    "direct": "#1f77b4",
+    "direct_mean": "#17becf",
+    "channel": "#9467bd",
+    "calibrated": "#d62728",
+    "pmi": "#2ca02c",
+}
 PANEL_KEYS = ["task", "model", "template"]
 
 
@@ -21,15 +28,19 @@ def curve(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     return stats
 
 
-def plot_accuracy_vs_k(runs: pd.DataFrame, out: Path, metric: str = "accuracy") -> Path:
-    """One panel per (task, model, template); a line per label setting, a ±1 std band over seeds."""
+def plot_accuracy_vs_k(
+    runs: pd.DataFrame, out: Path, metric: str = "accuracy", by: str = "labels"
+) -> Path:
+    """One panel per (task, model, template); a line per value of ``by`` (the label setting,
+    or ``scored_rule`` in the long form ``results.rule_runs``), a ±1 std band over seeds."""
     keys = [k for k in PANEL_KEYS if k in runs]
     panels = list(runs.groupby(keys, sort=True))
+    colours = {**LABEL_COLOURS, **RULE_COLOURS}
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
     for ax, (panel, frame) in zip(axes[0], panels):
-        for setting, group in frame.groupby("labels", sort=True):
+        for setting, group in frame.groupby(by, sort=by == "labels"):
             stats = curve(group, metric)
-            colour = LABEL_COLOURS.get(setting)
+            colour = colours.get(setting)
             ax.plot(stats["k"], stats["mean"], marker="o", label=setting, color=colour)
             ax.fill_between(
                 stats["k"],

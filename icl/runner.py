@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +16,23 @@ from omegaconf import OmegaConf
 
 import icl
 from icl import results, templates
-from icl.config import SCORING_ENGINES, SCORING_RULES
+from icl.config import SCORING_ENGINES
 from icl.data import Example, Pools, load_pools, sample_test
 from icl.demos import DemoSet, check_demo_request, choose_demos, label_mapping
 from icl.errors import ICLError, unknown_name
 from icl.lm import LanguageModel, ScoreRequest, load_language_model, score_requests
 from icl.metrics import accuracy, classification_metrics
-from icl.scoring import option_scores, perplexity, predict
+from icl.scoring import (
+    EXTRA_PASSES,
+    OptionScores,
+    RuleInputs,
+    check_rules,
+    content_free_probs,
+    option_scores,
+    perplexity,
+    predict,
+    requested_rules,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +71,9 @@ def identity(cfg, template_name: str) -> dict:
         "eval_seed": cfg.eval.seed,
         "engine": cfg.scoring.engine,
         "rule": cfg.scoring.rule,
+        "extra_rules": list(cfg.scoring.rules),
+        "content_free": list(cfg.scoring.content_free),
+        "domain_premise": cfg.scoring.domain_premise,
         "task_version": cfg.task.version,
         "harness_version": icl.__version__,
     }
@@ -69,10 +83,10 @@ def plan_cell(cfg) -> CellPlan:
     """Check names, fields, labels and pool sizes; choose test examples and demonstrations."""
     if cfg.scoring.engine not in SCORING_ENGINES:
         raise unknown_name("scoring engine", cfg.scoring.engine, SCORING_ENGINES)
-    if cfg.scoring.rule not in SCORING_RULES:
-        raise unknown_name("scoring rule", cfg.scoring.rule, SCORING_RULES)
+    check_rules(requested_rules(cfg.scoring.rule, cfg.scoring.rules))
     name, template = templates.select_template(cfg.task, cfg.template)
     templates.check_template(cfg.task, name, template)
+    check_rule_prompts(cfg, name, template)
     pools = cached_pools(cfg.task)
     n_classes = len(cfg.task.label_names)
     pool_labels = [ex.label for ex in pools.demos]
@@ -83,6 +97,25 @@ def plan_cell(cfg) -> CellPlan:
     else:
         demo_sets = [choose_demos(pool_labels, n_classes, cfg.demos)] * len(test)
     return CellPlan(cfg, name, template, pools.demos, test, demo_sets)
+
+
+def check_rule_prompts(cfg, template_name: str, template) -> None:
+    """Fail before any model work when a rule's extra prompt would be empty."""
+    rules = requested_rules(cfg.scoring.rule, cfg.scoring.rules)
+    if "pmi" in rules and not domain_premise(cfg, template):
+        raise ICLError(
+            f"rule 'pmi' needs a domain premise, but template {template_name!r} has no text after "
+            f"its last field ({template.input!r}); set scoring.domain_premise"
+        )
+    if "calibrated" in rules:
+        if not cfg.scoring.content_free:
+            raise ICLError("rule 'calibrated' needs content-free inputs; set scoring.content_free")
+        if not all(content_free_texts(cfg, template)):
+            raise ICLError(
+                f"template {template_name!r} renders a content-free input "
+                f"{list(cfg.scoring.content_free)} as an empty query; drop it from "
+                f"scoring.content_free"
+            )
 
 
 def option_tokens(lm: LanguageModel, template) -> tuple[tuple[int, ...], ...]:
@@ -100,8 +133,7 @@ def option_tokens(lm: LanguageModel, template) -> tuple[tuple[int, ...], ...]:
 
 def build_prompt(lm, plan: CellPlan, demo_set: DemoSet, query: Example, options) -> Prompt:
     """Token pieces of one prompt, dropping the earliest demonstrations until it fits."""
-    words = plan.template.label_words
-    demos = [(plan.pool[i].fields, words[c]) for i, c in zip(demo_set.indices, demo_set.shown)]
+    demos = demo_pairs(plan, demo_set)
     query_text = templates.render_input(plan.template, query.fields)
     longest_option = max(len(o) for o in options)
     for dropped in range(len(demos) + 1):
@@ -112,6 +144,12 @@ def build_prompt(lm, plan: CellPlan, demo_set: DemoSet, query: Example, options)
         f"example {query.id} needs {len(request.prefix) + len(request.query) + longest_option} "
         f"tokens even with no demonstrations, more than {lm.name}'s context of {lm.max_length}"
     )
+
+
+def demo_pairs(plan: CellPlan, demo_set: DemoSet) -> list[tuple[dict, str]]:
+    """Each demonstration's fields and the label word it is shown with, in prompt order."""
+    words = plan.template.label_words
+    return [(plan.pool[i].fields, words[c]) for i, c in zip(demo_set.indices, demo_set.shown)]
 
 
 def prompt_request(lm, template, demos, query_text: str, options) -> ScoreRequest:
@@ -134,15 +172,130 @@ def zero_shot_perplexities(lm, plan: CellPlan) -> list[float]:
     return [perplexity(r.prefix_nll + r.query_nll, r.prefix_count + r.query_count) for r in scored]
 
 
-def prediction_rows(plan: CellPlan, prompts, scored, zero_ppl) -> list[dict]:
+def domain_premise(cfg, template) -> str:
+    """pmi's premise: scoring.domain_premise, else the template's answer prefix ("Sentiment:")."""
+    if cfg.scoring.domain_premise is not None:
+        return cfg.scoring.domain_premise
+    return templates.domain_premise(template)
+
+
+def content_free_texts(cfg, template) -> list[str]:
+    """The template filled with each content-free input in every text field."""
+    return [
+        templates.render_input(template, dict.fromkeys(cfg.task.text_fields, text))
+        for text in cfg.scoring.content_free
+    ]
+
+
+def fitted(lm, make_request, demos: list, start: int) -> ScoreRequest:
+    """make_request(kept demonstrations), dropping the earliest (from ``start``) until it fits."""
+    for dropped in range(start, len(demos) + 1):
+        request = make_request(demos[dropped:])
+        longest = max((len(o) for o in request.options), default=0)
+        if len(request.prefix) + len(request.query) + longest <= lm.max_length:
+            return request
+    raise ICLError(
+        f"a scoring rule's extra prompt needs {len(request.prefix) + len(request.query) + longest} "
+        f"tokens even with no demonstrations, more than {lm.name}'s context of {lm.max_length}"
+    )
+
+
+def channel_request(lm, template, demos, word: str, fields: dict) -> ScoreRequest:
+    """Demonstrations in channel order, then the label word; the option scored is the input."""
+    prefix_text = templates.render_channel_prefix(template, demos)
+    label_text = templates.render_channel_label(template, word)
+    input_text = templates.render_channel_input(template, fields)
+    # one tokenization of the whole string, cut where the demonstrations and the label end
+    prefix_ids, _ = lm.encode_split(prefix_text, label_text + input_text)
+    head_ids, input_ids = lm.encode_split(prefix_text + label_text, input_text)
+    query_ids = head_ids[len(prefix_ids) :]
+    return ScoreRequest(tuple(lm.bos + prefix_ids), tuple(query_ids), (tuple(input_ids),))
+
+
+def rule_requests(lm, plan: CellPlan, dropped: list[int], options, need: str) -> list[list]:
+    """Each test example's requests for one extra pass, under the demonstrations it kept."""
+    cfg, template = plan.cfg, plan.template
+    if need == "channel":  # one request per class, the example's own input scored
+        words = template.label_words
+        makers = [
+            [partial(channel_request, lm, template, word=w, fields=ex.fields) for w in words]
+            for ex in plan.test
+        ]
+    else:  # the same requests for every example: content-free inputs or the domain premise
+        texts = (
+            content_free_texts(cfg, template)
+            if need == "content_free"
+            else [domain_premise(cfg, template)]
+        )
+        same = [partial(prompt_request, lm, template, query_text=t, options=options) for t in texts]
+        makers = [same] * len(plan.test)
+    per_example, built = [], {}
+    for demo_set, start, make in zip(plan.demo_sets, dropped, makers):
+        key = (id(demo_set), start, id(make))  # shared demonstrations: build their requests once
+        if key not in built:
+            demos = demo_pairs(plan, demo_set)
+            built[key] = [fitted(lm, one, demos, start) for one in make]
+        per_example.append(built[key])
+    return per_example
+
+
+def rule_inputs(lm, plan: CellPlan, dropped: list[int], options, rules) -> list[RuleInputs]:
+    """Run the extra passes the rules need (each request through score_requests)."""
+    cfg = plan.cfg
+    found: dict[str, list] = {}
+    for need in dict.fromkeys(EXTRA_PASSES[r] for r in rules if r in EXTRA_PASSES):
+        per_example = rule_requests(lm, plan, dropped, options, need)
+        flat = [request for requests in per_example for request in requests]
+        scored = iter(
+            score_requests(lm, flat, cfg.scoring.engine, cfg.eval.batch_size, False, False)
+        )
+        sums = [[option_scores(next(scored).option_logprobs).sums for _ in r] for r in per_example]
+        if need == "content_free":
+            found["p_cf"] = [content_free_probs(s).tolist() for s in sums]
+        elif need == "premise":
+            found["premise"] = [s[0] for s in sums]
+        else:  # channel: one request per class, its one option the input
+            found["channel"] = [[s[0] for s in per_class] for per_class in sums]
+    return [
+        RuleInputs(**{key: values[i] for key, values in found.items()})
+        for i in range(len(plan.test))
+    ]
+
+
+# predictions.jsonl keys of the extra passes' numbers, one value per class
+INPUT_KEYS = {
+    "p_cf": "content_free_probs",
+    "premise": "premise_logprob",
+    "channel": "channel_logprob",
+}
+
+
+def rule_predictions(scores: OptionScores, rules, inputs: RuleInputs) -> dict[str, int]:
+    return {rule: predict(scores, rule, inputs) for rule in rules}
+
+
+def rule_fields(names: list[str], by_rule: dict[str, int], inputs: RuleInputs) -> dict:
+    """A row's per-rule predictions and the extra passes' numbers, keyed by class name."""
+    fields = {"predictions_by_rule": {rule: names[p] for rule, p in by_rule.items()}}
+    for attr, key in INPUT_KEYS.items():
+        values = getattr(inputs, attr)
+        if values is not None:
+            fields[key] = dict(zip(names, values))
+    return fields
+
+
+def prediction_rows(plan: CellPlan, prompts, scored, zero_ppl, inputs=None) -> list[dict]:
     """One JSON-ready row per test example: what was shown, what was scored, what won."""
     names, words = list(plan.cfg.task.label_names), list(plan.template.label_words)
+    rules = requested_rules(plan.cfg.scoring.rule, plan.cfg.scoring.rules)
+    inputs = inputs or [RuleInputs()] * len(plan.test)
     rows = []
-    for ex, demo_set, prompt, result, zppl in zip(
-        plan.test, plan.demo_sets, prompts, scored, zero_ppl
+    for ex, demo_set, prompt, result, zppl, extra in zip(
+        plan.test, plan.demo_sets, prompts, scored, zero_ppl, inputs
     ):
         scores = option_scores(result.option_logprobs)
-        pred = predict(scores, plan.cfg.scoring.rule)
+        by_rule = rule_predictions(scores, rules, extra)
+        pred = by_rule[plan.cfg.scoring.rule]
         kept = slice(prompt.n_dropped, None)
         rows.append(
             {
@@ -166,9 +319,35 @@ def prediction_rows(plan: CellPlan, prompts, scored, zero_ppl) -> list[dict]:
                 )
                 if plan.cfg.eval.kshot_perplexity
                 else None,
+                **rule_fields(names, by_rule, extra),
             }
         )
     return rows
+
+
+def rule_metrics(rows: list[dict], label_names: list[str]) -> dict:
+    """Accuracy, macro-F1 and prediction counts per class of every rule the rows hold."""
+    names = list(label_names)
+    gold = [r["gold_index"] for r in rows]
+    out = {}
+    for rule in rows[0]["predictions_by_rule"] if rows else ():
+        pred = [names.index(r["predictions_by_rule"][rule]) for r in rows]
+        m = classification_metrics(pred, gold, names)
+        counts = np.bincount(np.asarray(pred, dtype=int), minlength=len(names))
+        out[rule] = {
+            "accuracy": m["accuracy"],
+            "macro_f1": m["macro_f1"],
+            "prediction_counts": dict(zip(names, counts.tolist())),
+        }
+    return out
+
+
+def mean_p_cf(rows: list[dict], label_names: list[str]) -> dict | None:
+    """p_cf per class, averaged over examples (one value when they share their demonstrations)."""
+    found = [r["content_free_probs"] for r in rows if "content_free_probs" in r]
+    if not found:
+        return None
+    return {name: float(np.mean([p[name] for p in found])) for name in label_names}
 
 
 def cell_metrics(plan: CellPlan, rows: list[dict]) -> dict:
@@ -188,6 +367,10 @@ def cell_metrics(plan: CellPlan, rows: list[dict]) -> dict:
             cfg.task.label_names[g]: cfg.task.label_names[int(m)] for g, m in enumerate(mapping)
         }
         metrics["accuracy_vs_permuted"] = accuracy(pred, [int(mapping[g]) for g in gold])
+    metrics["rules"] = rule_metrics(rows, cfg.task.label_names)
+    p_cf = mean_p_cf(rows, cfg.task.label_names)
+    if p_cf is not None:
+        metrics["p_cf"] = p_cf
     return metrics
 
 
@@ -242,8 +425,10 @@ def run_cell(cfg, load_model=cached_model) -> dict:
         cfg.eval.kshot_perplexity,
         cfg.eval.progress,
     )
+    rules = requested_rules(cfg.scoring.rule, cfg.scoring.rules)
+    inputs = rule_inputs(lm, plan, [p.n_dropped for p in prompts], options, rules)
     scoring_s = time.perf_counter() - scoring_started
-    rows = prediction_rows(plan, prompts, scored, zero_shot_perplexities(lm, plan))
+    rows = prediction_rows(plan, prompts, scored, zero_shot_perplexities(lm, plan), inputs)
     metrics = {**cell, **cell_metrics(plan, rows)}
     metrics.update(
         device=str(lm.device),
@@ -255,4 +440,67 @@ def run_cell(cfg, load_model=cached_model) -> dict:
     OmegaConf.save(OmegaConf.structured(cfg), out_dir / results.CONFIG_FILE, resolve=True)
     results.write_predictions(out_dir, rows)
     results.write_metrics(out_dir, metrics)
+    return metrics
+
+
+def stored_scores(row: dict, label_names: list[str]) -> OptionScores:
+    """A predictions.jsonl row's option log-probs, in class order."""
+    return OptionScores(
+        sums=[row["option_logprob"][n] for n in label_names],
+        means=[row["option_logprob_mean"][n] for n in label_names],
+    )
+
+
+def stored_inputs(row: dict, label_names: list[str]) -> RuleInputs:
+    """The extra passes' numbers a predictions.jsonl row already holds."""
+    found = {
+        attr: [row[key][n] for n in label_names] for attr, key in INPUT_KEYS.items() if key in row
+    }
+    return RuleInputs(**found)
+
+
+def rescore_cell(run_dir, rules, load_model=cached_model) -> dict:
+    """Add rules to a finished run from its stored option log-probs, without rescoring it.
+
+    Only the extra passes the new rules need run (content-free inputs for ``calibrated``, the
+    domain premise for ``pmi``, under each example's demonstrations); ``channel`` needs passes
+    over every test example, so it is computed only in the run itself (``scoring.rules``).
+    """
+    run_dir = Path(run_dir)
+    metrics = results.read_metrics(run_dir)
+    if metrics is None:
+        raise ICLError(f"{run_dir} holds no finished run ({results.METRICS_FILE})")
+    cfg = results.read_config(run_dir)
+    rows = results.read_predictions(run_dir)
+    for row in rows:  # runs from before scoring.rules hold their one rule's prediction
+        row.setdefault("predictions_by_rule", {cfg.scoring.rule: row["prediction"]})
+    done = list(rows[0]["predictions_by_rule"])
+    new = [r for r in dict.fromkeys(rules) if r not in done]
+    if "channel" in new:
+        raise ICLError(
+            f"rule 'channel' scores every test input anew; rerun {run_dir} with "
+            f"scoring.rules=[channel] instead of adding it after the fact"
+        )
+    cfg.scoring.rules = requested_rules(cfg.scoring.rule, [*done, *new])[1:]
+    plan = plan_cell(cfg)  # checks the rules; chooses the same examples and demonstrations
+    if [ex.id for ex in plan.test] != [r["example_id"] for r in rows]:
+        raise ICLError(f"the test examples of {run_dir} are no longer those its config chooses")
+    names = list(cfg.task.label_names)
+    fresh = [RuleInputs()] * len(rows)
+    if any(r in EXTRA_PASSES for r in new):
+        lm = load_model(cfg.model)
+        dropped = [r["n_demos_dropped"] for r in rows]
+        fresh = rule_inputs(lm, plan, dropped, option_tokens(lm, plan.template), new)
+    for row, extra in zip(rows, fresh):
+        stored = stored_inputs(row, names)
+        inputs = RuleInputs(**{a: getattr(extra, a) or getattr(stored, a) for a in INPUT_KEYS})
+        by_rule = rule_predictions(stored_scores(row, names), [*done, *new], inputs)
+        row.update(rule_fields(names, by_rule, inputs))
+    metrics["rules"] = rule_metrics(rows, names)
+    p_cf = mean_p_cf(rows, names)
+    if p_cf is not None:
+        metrics["p_cf"] = p_cf
+    metrics["rules_added_after"] = sorted({*metrics.get("rules_added_after", []), *new})
+    results.write_predictions(run_dir, rows)
+    results.write_metrics(run_dir, metrics)
     return metrics

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from icl.errors import ICLError, unknown_name
 
@@ -66,3 +67,64 @@ def render_prefix(template, demos: Sequence[tuple[dict[str, str], str]]) -> str:
 def render_prompt(template, demos: Sequence[tuple[dict[str, str], str]], query: dict) -> str:
     """The whole k-shot prompt as text (for logs; scoring works on token pieces)."""
     return render_prefix(template, demos) + render_input(template, query)
+
+
+@dataclass(frozen=True)
+class InputParts:
+    """A template's input format cut around its fields."""
+
+    lead: str  # the text before the first field ("Review: ")
+    fields: str  # a format string from the first field to the end of the last ("{text}")
+    tail: str  # the text after the last field: the answer prefix ("\nSentiment:")
+
+
+def input_parts(template) -> InputParts:
+    """Cut ``template.input`` before its first field and after its last one."""
+    pieces = list(string.Formatter().parse(template.input))
+    with_field = [i for i, (_, name, _, _) in enumerate(pieces) if name is not None]
+    if not with_field:
+        return InputParts(lead="".join(p[0] for p in pieces), fields="", tail="")
+    first, last = with_field[0], with_field[-1]
+    lead = "".join(p[0] for p in pieces[: first + 1])
+    tail = "".join(p[0] for p in pieces[last + 1 :])
+    fields = ""
+    for i, (literal, name, spec, conversion) in enumerate(pieces[first : last + 1]):
+        if i:  # the text between two fields, escaped again for format()
+            fields += literal.replace("{", "{{").replace("}", "}}")
+        fields += "{" + name + (f"!{conversion}" if conversion else "")
+        fields += (f":{spec}" if spec else "") + "}"
+    return InputParts(lead=lead, fields=fields, tail=tail)
+
+
+def domain_premise(template) -> str:
+    """The answer prefix with no input: the input format after its last field, stripped."""
+    return input_parts(template).tail.strip()
+
+
+def render_channel_label(template, word: str) -> str:
+    """What precedes the input in channel order: answer prefix, word, a break, the input's lead.
+
+    "Review: {text}\nSentiment:" with the word "positive" gives "Sentiment: positive\nReview: ";
+    the break is the whitespace that opened the answer prefix (a newline when there is none).
+    """
+    parts = input_parts(template)
+    premise = parts.tail.strip()
+    gap = parts.tail[: len(parts.tail) - len(parts.tail.lstrip())] or "\n"
+    head = premise + template.answer_sep if premise else ""
+    return head + word + gap + parts.lead
+
+
+def render_channel_input(template, fields: dict[str, str]) -> str:
+    """The input that channel scoring reads: the fields and the text between them."""
+    return input_parts(template).fields.format(**fields)
+
+
+def render_channel_demo(template, fields: dict[str, str], word: str) -> str:
+    """A demonstration in channel order: label first, then input (Min et al. 2022)."""
+    return render_channel_label(template, word) + render_channel_input(template, fields)
+
+
+def render_channel_prefix(template, demos: Sequence[tuple[dict[str, str], str]]) -> str:
+    """The instruction and the demonstrations in channel order, each followed by demo_sep."""
+    head = template.instruction + template.demo_sep if template.instruction else ""
+    return head + "".join(render_channel_demo(template, f, w) + template.demo_sep for f, w in demos)
