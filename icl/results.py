@@ -83,12 +83,22 @@ def read_metrics(out_dir: Path) -> dict | None:
     return json.loads(path.read_text())
 
 
+# identity keys added after runs were written, with the value those runs had
+LATER_IDENTITY_KEYS = {
+    "extra_rules": [],
+    "content_free": ["N/A", "", "[MASK]"],
+    "domain_premise": None,
+}
+
+
 def finished_cell(out_dir: Path, identity: dict) -> dict | None:
     """The metrics of a finished run of the same cell in out_dir, if there is one."""
     metrics = read_metrics(out_dir)
     if metrics is None:
         return None
-    same = all(metrics.get(key) == value for key, value in identity.items())
+    same = all(
+        metrics.get(key, LATER_IDENTITY_KEYS.get(key)) == value for key, value in identity.items()
+    )
     return metrics if same else None
 
 
