@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= results/demo
 
-.PHONY: venv demo test test-fast lint format clean-demo
+SCORING_RULES_DIR ?= results/scoring_rules
+
+.PHONY: venv demo scoring-rules scoring-rules-quick test test-fast lint format clean-demo
 
 venv: $(STAMP)
 
@@ -24,6 +26,17 @@ demo: venv
 	$(BIN)/icl-run +experiment=demo hydra.sweep.dir=$(DEMO_DIR)
 	$(BIN)/icl-collect $(DEMO_DIR)
 	$(BIN)/icl-plot $(DEMO_DIR)
+
+# the scoring-rules study (experiments/scoring_rules): SmolLM2-135M; MODEL=gemma3-270m for Gemma
+scoring-rules: venv
+	$(BIN)/icl-run +experiment=scoring_rules $(if $(MODEL),model=$(MODEL)) hydra.sweep.dir=$(SCORING_RULES_DIR)
+	$(BIN)/icl-collect $(SCORING_RULES_DIR)
+	$(BIN)/icl-plot $(SCORING_RULES_DIR) --by rule
+
+scoring-rules-quick: venv
+	$(BIN)/icl-run +experiment=scoring_rules_quick hydra.sweep.dir=results/scoring_rules_quick
+	$(BIN)/icl-collect results/scoring_rules_quick
+	$(BIN)/icl-plot results/scoring_rules_quick --by rule
 
 test: venv
 	$(BIN)/pytest -q

@@ -41,7 +41,15 @@ def plot_accuracy_vs_k(
         for setting, group in frame.groupby(by, sort=by == "labels"):
             stats = curve(group, metric)
             colour = colours.get(setting)
-            ax.plot(stats["k"], stats["mean"], marker="o", label=setting, color=colour)
+            dashed = setting == "direct_mean"  # equal to direct when label words are one token
+            ax.plot(
+                stats["k"],
+                stats["mean"],
+                marker="o",
+                label=setting,
+                color=colour,
+                ls="--" if dashed else "-",
+            )
             ax.fill_between(
                 stats["k"],
                 stats["mean"] - stats["std"],

@@ -244,12 +244,21 @@ def format_rule_table(rule_seeds: pd.DataFrame) -> str:
 
 
 def format_balance_table(rule_seeds: pd.DataFrame, rules=("direct", "calibrated")) -> str:
-    """The share of predictions per class (mean over seeds) per k, for each of ``rules``."""
-    frame = rule_seeds[rule_seeds["scored_rule"].isin(rules)].copy()
+    """Prediction shares per class (mean over seeds) per k for each of ``rules``, and p_cf."""
+    frame = rule_seeds[rule_seeds["scored_rule"].isin(rules)]
     shares = [c for c in frame.columns if c.startswith("prediction_share_") and c.endswith("_mean")]
     names = [c[len("prediction_share_") : -len("_mean")] for c in shares]
-    frame["cell"] = [" / ".join(f"{v:.2f}" for v in row) for row in frame[shares].to_numpy()]
+    p_cf = [f"p_cf_{name}_mean" for name in names]
     index = [c for c in ["task", "model", "template", "labels", "k"] if c in frame]
-    table = frame.pivot_table(index=index, columns="scored_rule", values="cell", aggfunc="first")
-    table.columns = [f"{rule} ({' / '.join(names)})" for rule in table.columns]
-    return table.to_string()
+    columns = {}
+    for rule in rules:
+        ours = frame[frame["scored_rule"] == rule].set_index(index)
+        columns[f"{rule} predictions"] = ours[shares]
+    if all(c in frame for c in p_cf):
+        columns["p_cf"] = frame[frame["scored_rule"] == rules[-1]].set_index(index)[p_cf]
+    cells = {
+        label: values.apply(lambda row: " / ".join(f"{v:.2f}" for v in row), axis=1)
+        for label, values in columns.items()
+    }
+    table = pd.concat(cells, axis=1)
+    return f"shares of {' / '.join(names)}\n" + table.to_string()

@@ -306,7 +306,9 @@ def test_collected_rules_give_a_table_per_rule_and_a_figure(tmp_path):
     table = results.format_rule_table(by_rule)
     header = ["scored_rule", "direct", "direct_mean", "calibrated", "pmi"]
     assert table.splitlines()[0].split() == header
-    assert "calibrated (negative / positive)" in results.format_balance_table(by_rule)
+    balance = results.format_balance_table(by_rule).splitlines()
+    assert balance[0] == "shares of negative / positive"
+    assert balance[1].split() == ["direct", "predictions", "calibrated", "predictions", "p_cf"]
     out = plot_accuracy_vs_k(long, tmp_path / "by_rule.png", by="scored_rule")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
