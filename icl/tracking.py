@@ -27,7 +27,10 @@ def log_run(cfg, metrics: dict, rows: list[dict]) -> None:
         dir=cfg.out_dir,
         reinit="finish_previous",
     )
-    run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    for rule, scored in (metrics.get("rules") or {}).items():  # every scoring rule computed
+        scalars.update({f"{rule}/{name}": scored[name] for name in ("accuracy", "macro_f1")})
+    run.log(scalars)
     columns = [
         "example_id",
         "prediction",
