@@ -27,14 +27,16 @@ demo: venv
 	$(BIN)/icl-collect $(DEMO_DIR)
 	$(BIN)/icl-plot $(DEMO_DIR)
 
-# the scoring-rules study (experiments/scoring_rules): SmolLM2-135M; MODEL=gemma3-270m for Gemma
+# the scoring-rules study (experiments/scoring_rules): SmolLM2-135M; MODEL=gemma3-270m for Gemma.
+# One intra-op thread: on a busy 2-core machine a second one made the quick study 6.5x slower.
+THREADS ?= 1
 scoring-rules: venv
-	$(BIN)/icl-run +experiment=scoring_rules $(if $(MODEL),model=$(MODEL)) hydra.sweep.dir=$(SCORING_RULES_DIR)
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/icl-run +experiment=scoring_rules $(if $(MODEL),model=$(MODEL)) hydra.sweep.dir=$(SCORING_RULES_DIR)
 	$(BIN)/icl-collect $(SCORING_RULES_DIR)
 	$(BIN)/icl-plot $(SCORING_RULES_DIR) --by rule
 
 scoring-rules-quick: venv
-	$(BIN)/icl-run +experiment=scoring_rules_quick hydra.sweep.dir=results/scoring_rules_quick
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/icl-run +experiment=scoring_rules_quick hydra.sweep.dir=results/scoring_rules_quick
 	$(BIN)/icl-collect results/scoring_rules_quick
 	$(BIN)/icl-plot results/scoring_rules_quick --by rule
 

@@ -54,7 +54,7 @@ def plot_accuracy_vs_k(
                 stats["k"],
                 stats["mean"] - stats["std"],
                 stats["mean"] + stats["std"],
-                alpha=0.2,
+                alpha=0.2 if by == "labels" else 0.1,
                 color=colour,
             )
         if "majority_baseline" in frame:

@@ -238,7 +238,7 @@ def format_rule_table(rule_seeds: pd.DataFrame) -> str:
     """Accuracy (%) mean ± std over seeds per k (rows) and rule (columns): Zhao et al.'s Table 4."""
     frame = rule_seeds.copy()
     frame["cell"] = [_mean_std(m, s) for m, s in zip(frame["accuracy_mean"], frame["accuracy_std"])]
-    index = [c for c in ["task", "model", "template", "labels", "k"] if c in frame]
+    index = [c for c in ["task", "model", "template", "labels", "n_test", "k"] if c in frame]
     table = frame.pivot_table(index=index, columns="scored_rule", values="cell", aggfunc="first")
     return table[[r for r in SCORING_RULES if r in table.columns]].to_string()
 
@@ -249,7 +249,7 @@ def format_balance_table(rule_seeds: pd.DataFrame, rules=("direct", "calibrated"
     shares = [c for c in frame.columns if c.startswith("prediction_share_") and c.endswith("_mean")]
     names = [c[len("prediction_share_") : -len("_mean")] for c in shares]
     p_cf = [f"p_cf_{name}_mean" for name in names]
-    index = [c for c in ["task", "model", "template", "labels", "k"] if c in frame]
+    index = [c for c in ["task", "model", "template", "labels", "n_test", "k"] if c in frame]
     columns = {}
     for rule in rules:
         ours = frame[frame["scored_rule"] == rule].set_index(index)
