@@ -11,7 +11,19 @@ from typing import Any
 
 from omegaconf import MISSING
 
-LABEL_SETTINGS = ("gold", "random", "permuted")
+# what the demonstrations show (Min et al. 2022, sections 4 and 5); correct_P keeps the gold
+# label on P percent of them, e.g. correct_75
+LABEL_SETTINGS = (
+    "gold",
+    "random",
+    "permuted",
+    "correct_P",
+    "random_true_dist",
+    "ood_inputs",
+    "random_words",
+    "no_labels",
+    "labels_only",
+)
 SAMPLING_RULES = ("uniform", "balanced")
 SCORING_ENGINES = ("prefix", "prefix_shared", "naive")
 SCORING_RULES = ("direct",)
@@ -112,6 +124,9 @@ class DemosConfig:
     per_example: bool = False
     # the k demonstrations are the first k of the 2k ones for the same seed
     nested: bool = True
+    # labels=ood_inputs: the task whose texts replace the demonstration inputs; each task's
+    # default is conf/ood/<task>.yaml, another corpus is chosen with corpus@demos.ood_task=NAME
+    ood_task: TaskConfig | None = None
 
 
 @dataclass

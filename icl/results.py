@@ -25,6 +25,7 @@ IDENTITY_COLUMNS = [
     "sampling",
     "per_example",
     "nested",
+    "ood_corpus",
     "n_test",
     "eval_seed",
     "engine",

@@ -5,6 +5,7 @@ Everything that can be wrong with the input is checked in ``plan_cell``, before 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -17,7 +18,14 @@ import icl
 from icl import results, templates
 from icl.config import SCORING_ENGINES, SCORING_RULES
 from icl.data import Example, Pools, load_pools, sample_test
-from icl.demos import DemoSet, check_demo_request, choose_demos, label_mapping
+from icl.demos import (
+    DemoSet,
+    check_demo_request,
+    choose_demos,
+    label_mapping,
+    ood_inputs,
+    random_label_words,
+)
 from icl.errors import ICLError, unknown_name
 from icl.lm import LanguageModel, ScoreRequest, load_language_model, score_requests
 from icl.metrics import accuracy, classification_metrics
@@ -36,6 +44,8 @@ class CellPlan:
     pool: list[Example]
     test: list[Example]
     demo_sets: list[DemoSet]  # one per test example (the same object when shared)
+    # labels=ood_inputs: the task whose texts replaced the demonstration inputs
+    ood_corpus: str | None = None
 
 
 @dataclass
@@ -56,6 +66,7 @@ def identity(cfg, template_name: str) -> dict:
         "sampling": cfg.demos.sampling,
         "per_example": cfg.demos.per_example,
         "nested": cfg.demos.nested,
+        "ood_corpus": ood_corpus_name(cfg),
         "n_test": cfg.eval.n_test,
         "eval_seed": cfg.eval.seed,
         "engine": cfg.scoring.engine,
@@ -73,8 +84,14 @@ def plan_cell(cfg) -> CellPlan:
         raise unknown_name("scoring rule", cfg.scoring.rule, SCORING_RULES)
     name, template = templates.select_template(cfg.task, cfg.template)
     templates.check_template(cfg.task, name, template)
-    pools = cached_pools(cfg.task)
     n_classes = len(cfg.task.label_names)
+    if cfg.demos.labels == "random_words":
+        # demonstrations and options both use the seed's random words in place of the task's
+        template = dataclasses.replace(
+            template, label_words=random_label_words(n_classes, cfg.demos.seed)
+        )
+    corpus_task = ood_corpus_task(cfg)
+    pools = cached_pools(cfg.task)
     pool_labels = [ex.label for ex in pools.demos]
     check_demo_request(pool_labels, n_classes, cfg.demos)
     test = sample_test(pools.test, cfg.eval.n_test, cfg.eval.seed)
@@ -82,7 +99,70 @@ def plan_cell(cfg) -> CellPlan:
         demo_sets = [choose_demos(pool_labels, n_classes, cfg.demos, i) for i in range(len(test))]
     else:
         demo_sets = [choose_demos(pool_labels, n_classes, cfg.demos)] * len(test)
-    return CellPlan(cfg, name, template, pools.demos, test, demo_sets)
+    if corpus_task is not None:
+        corpus = corpus_texts(corpus_task)
+        demo_sets = with_ood_inputs(cfg, pools.demos, demo_sets, corpus)
+    return CellPlan(
+        cfg, name, template, pools.demos, test, demo_sets, corpus_task and corpus_task.name
+    )
+
+
+def ood_corpus_name(cfg) -> str | None:
+    if cfg.demos.labels != "ood_inputs" or cfg.demos.ood_task is None:
+        return None
+    return cfg.demos.ood_task.name
+
+
+def ood_corpus_task(cfg):
+    """The task whose texts replace the demonstration inputs (labels=ood_inputs only)."""
+    if cfg.demos.labels != "ood_inputs":
+        return None
+    corpus = cfg.demos.ood_task
+    if corpus is None:
+        raise ICLError(
+            "demos.labels=ood_inputs needs a corpus of other texts: choose one with "
+            "corpus@demos.ood_task=NAME (a task under conf/task)"
+        )
+    if corpus.name == cfg.task.name:
+        raise ICLError(
+            f"the OOD corpus of task {cfg.task.name!r} is the task itself; choose another "
+            f"with corpus@demos.ood_task=NAME"
+        )
+    return corpus
+
+
+def corpus_texts(corpus_task) -> list[str]:
+    """Every distinct text field of the corpus task's demonstration pool."""
+    pool = cached_pools(corpus_task).demos
+    texts = (ex.fields[f] for ex in pool for f in corpus_task.text_fields)
+    return sorted({t for t in texts if t})
+
+
+def with_ood_inputs(cfg, pool, demo_sets: list[DemoSet], corpus: list[str]) -> list[DemoSet]:
+    """Each demonstration set with its inputs replaced by OOD texts of similar length."""
+    replaced: dict[int, DemoSet] = {}
+    out = []
+    for i, demo_set in enumerate(demo_sets):
+        if id(demo_set) not in replaced:  # a shared set is replaced once
+            stream = [i + 1] if cfg.demos.per_example else []
+            inputs = [pool[j].fields for j in demo_set.indices]
+            new_inputs = ood_inputs(inputs, corpus, cfg.demos.seed, stream)
+            replaced[id(demo_set)] = dataclasses.replace(demo_set, inputs=new_inputs)
+        out.append(replaced[id(demo_set)])
+    return out
+
+
+def demo_pairs(plan: CellPlan, demo_set: DemoSet) -> list[tuple[dict | None, str | None]]:
+    """What each demonstration shows: its input fields and its label word (None when the
+    setting leaves that part out)."""
+    words = plan.template.label_words
+    inputs = demo_set.inputs or [plan.pool[i].fields for i in demo_set.indices]
+    pairs = [(fields, words[c]) for fields, c in zip(inputs, demo_set.shown)]
+    if plan.cfg.demos.labels == "no_labels":
+        return [(fields, None) for fields, _ in pairs]
+    if plan.cfg.demos.labels == "labels_only":
+        return [(None, word) for _, word in pairs]
+    return pairs
 
 
 def option_tokens(lm: LanguageModel, template) -> tuple[tuple[int, ...], ...]:
@@ -100,8 +180,7 @@ def option_tokens(lm: LanguageModel, template) -> tuple[tuple[int, ...], ...]:
 
 def build_prompt(lm, plan: CellPlan, demo_set: DemoSet, query: Example, options) -> Prompt:
     """Token pieces of one prompt, dropping the earliest demonstrations until it fits."""
-    words = plan.template.label_words
-    demos = [(plan.pool[i].fields, words[c]) for i, c in zip(demo_set.indices, demo_set.shown)]
+    demos = demo_pairs(plan, demo_set)
     query_text = templates.render_input(plan.template, query.fields)
     longest_option = max(len(o) for o in options)
     for dropped in range(len(demos) + 1):
@@ -182,6 +261,8 @@ def cell_metrics(plan: CellPlan, rows: list[dict]) -> dict:
     metrics["zero_shot_perplexity"] = float(np.mean([r["zero_shot_perplexity"] for r in rows]))
     if cfg.eval.kshot_perplexity:
         metrics["kshot_perplexity"] = float(np.mean([r["kshot_perplexity"] for r in rows]))
+    if cfg.demos.labels == "random_words":
+        metrics["label_words"] = dict(zip(cfg.task.label_names, plan.template.label_words))
     if cfg.demos.labels == "permuted":
         mapping = label_mapping(cfg.demos.seed, len(cfg.task.label_names))
         metrics["label_mapping"] = {
@@ -193,6 +274,8 @@ def cell_metrics(plan: CellPlan, rows: list[dict]) -> dict:
 
 _MODELS: dict[str, LanguageModel] = {}
 _POOLS: dict[str, Pools] = {}
+# a task and the corpus its OOD demonstrations draw from, with room to spare
+POOLS_KEPT = 4
 
 
 def _config_key(node) -> str:
@@ -211,10 +294,11 @@ def cached_model(model_cfg) -> LanguageModel:
 
 
 def cached_pools(task_cfg) -> Pools:
-    """Load and check a task's rows once per process (one task kept)."""
+    """Load and check a task's rows once per process (the last few tasks kept)."""
     key = _config_key(task_cfg)
     if key not in _POOLS:
-        _POOLS.clear()
+        if len(_POOLS) >= POOLS_KEPT:
+            del _POOLS[next(iter(_POOLS))]
         _POOLS[key] = load_pools(task_cfg)
     return _POOLS[key]
 

@@ -53,11 +53,17 @@ def render_answer(template, word: str) -> str:
     return f"{template.answer_sep}{word}"
 
 
-def render_demo(template, fields: dict[str, str], word: str) -> str:
+def render_demo(template, fields: dict[str, str] | None, word: str | None) -> str:
+    """A demonstration: input and answer; only the input (no_labels) or only the label word
+    (labels_only) when the other part is None."""
+    if fields is None:
+        return word or ""
+    if word is None:
+        return render_input(template, fields)
     return render_input(template, fields) + render_answer(template, word)
 
 
-def render_prefix(template, demos: Sequence[tuple[dict[str, str], str]]) -> str:
+def render_prefix(template, demos: Sequence[tuple[dict[str, str] | None, str | None]]) -> str:
     """The instruction and the demonstrations, each followed by the separator."""
     head = template.instruction + template.demo_sep if template.instruction else ""
     return head + "".join(render_demo(template, f, w) + template.demo_sep for f, w in demos)
