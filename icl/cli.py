@@ -29,6 +29,9 @@ def register_resolvers() -> None:
     """``${icl.pkgfile:dist,path}`` finds a file shipped in a package; ``${icl.data_dir:}``."""
     if not OmegaConf.has_resolver("icl.pkgfile"):
         OmegaConf.register_new_resolver("icl.pkgfile", package_file)
+    if not OmegaConf.has_resolver("icl.names"):
+        # a sweep over every key of a mapping, e.g. all templates of the task
+        OmegaConf.register_new_resolver("icl.names", lambda mapping: ",".join(mapping))
     if not OmegaConf.has_resolver("icl.data_dir"):
         OmegaConf.register_new_resolver("icl.data_dir", default_data_dir)
 

@@ -165,6 +165,9 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     # the template name; null takes the task's default_template
     template: str | None = None
+    # label words (one per class, in class order) in place of the template's own, e.g. for
+    # the label-word study of Gao et al. 2021: label_words=[terrible,great]
+    label_words: list[str] | None = None
     # rerun a cell whose metrics.json exists
     overwrite: bool = False
     # where the run writes; the CLI sets it to Hydra's output folder

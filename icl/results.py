@@ -19,6 +19,7 @@ SEEDS_SUMMARY_STEM = "summary_seeds"
 IDENTITY_COLUMNS = [
     "task",
     "template",
+    "label_words",
     "model",
     "k",
     "labels",

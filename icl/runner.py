@@ -59,6 +59,7 @@ def identity(cfg, template_name: str) -> dict:
     return {
         "task": cfg.task.name,
         "template": template_name,
+        "label_words": "/".join(cfg.label_words) if cfg.label_words else None,
         "model": cfg.model.name,
         "k": cfg.demos.k,
         "labels": cfg.demos.labels,
@@ -83,6 +84,8 @@ def plan_cell(cfg) -> CellPlan:
     if cfg.scoring.rule not in SCORING_RULES:
         raise unknown_name("scoring rule", cfg.scoring.rule, SCORING_RULES)
     name, template = templates.select_template(cfg.task, cfg.template)
+    if cfg.label_words:
+        template = dataclasses.replace(template, label_words=list(cfg.label_words))
     templates.check_template(cfg.task, name, template)
     n_classes = len(cfg.task.label_names)
     if cfg.demos.labels == "random_words":
@@ -261,8 +264,8 @@ def cell_metrics(plan: CellPlan, rows: list[dict]) -> dict:
     metrics["zero_shot_perplexity"] = float(np.mean([r["zero_shot_perplexity"] for r in rows]))
     if cfg.eval.kshot_perplexity:
         metrics["kshot_perplexity"] = float(np.mean([r["kshot_perplexity"] for r in rows]))
-    if cfg.demos.labels == "random_words":
-        metrics["label_words"] = dict(zip(cfg.task.label_names, plan.template.label_words))
+    # the words the options were scored by (the template's, an override, or random words)
+    metrics["option_words"] = dict(zip(cfg.task.label_names, plan.template.label_words))
     if cfg.demos.labels == "permuted":
         mapping = label_mapping(cfg.demos.seed, len(cfg.task.label_names))
         metrics["label_mapping"] = {

@@ -181,4 +181,19 @@ def test_every_setting_runs_a_cell_end_to_end(tmp_path, setting):
     assert metrics["labels"] == setting and metrics["n"] == 4
     assert (metrics["ood_corpus"] == "agnews") == (setting == "ood_inputs")
     if setting == "random_words":
-        assert set(metrics["label_words"].values()) == set(random_label_words(2, 1))
+        assert list(metrics["option_words"].values()) == random_label_words(2, 1)
+
+
+def test_label_words_override_is_scored_and_names_the_cell(tmp_path):
+    cfg = run_config(*SMALL, "demos.k=2", "label_words=[dog,cat]", out_dir=tmp_path)
+    metrics = run_cell(cfg, load_model=CountingLoader())
+    assert metrics["label_words"] == "dog/cat"
+    assert metrics["option_words"] == {"negative": "dog", "positive": "cat"}
+    again = run_config(*SMALL, "demos.k=2", "label_words=[cat,dog]", out_dir=tmp_path)
+    assert run_cell(again, load_model=CountingLoader())["label_words"] == "cat/dog"
+
+
+def test_label_words_override_must_give_one_word_per_class(tmp_path):
+    cfg = run_config(*SMALL, "demos.k=2", "label_words=[dog]", out_dir=tmp_path)
+    with pytest.raises(ICLError, match="one word per class"):
+        run_cell(cfg, load_model=fail_if_loaded)
