@@ -1,4 +1,4 @@
-"""Console scripts: ``icl-run`` (the Hydra app), ``icl-collect`` and ``icl-plot``.
+"""Console scripts: ``icl-run`` (the Hydra app), ``icl-collect``, ``icl-plot`` and ``icl-study``.
 
 This is the only module that knows Hydra.
 """
@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -99,34 +101,79 @@ def run() -> None:
 
 
 def collect(argv: list[str] | None = None) -> None:
-    """Entry point of ``icl-collect DIR``."""
-    from icl.results import format_table, write_summary
+    """Entry point of ``icl-collect DIR [--report KIND]``."""
+    from icl.reports import REPORTS, tables
 
     parser = argparse.ArgumentParser(description="Gather every run under DIR into one table.")
     parser.add_argument("dir", type=Path)
+    parser.add_argument(
+        "--report", default="curve", choices=REPORTS, help="which study's tables (curve: k, labels)"
+    )
     args = parser.parse_args(argv)
     try:
-        runs, seeds = write_summary(args.dir)
+        text = tables(args.report, args.dir)
     except FileNotFoundError as err:
         parser.exit(2, f"icl-collect: error: {err}\n")
-    print(f"{len(runs)} runs -> {args.dir / 'summary.csv'}, {args.dir / 'summary_seeds.csv'}")
-    print(format_table(seeds))
+    print(f"runs -> {args.dir / 'summary.csv'}, {args.dir / 'summary_seeds.csv'}")
+    print(text)
 
 
 def plot(argv: list[str] | None = None) -> None:
-    """Entry point of ``icl-plot DIR``."""
-    from icl.plots import plot_accuracy_vs_k
-    from icl.results import write_summary
+    """Entry point of ``icl-plot DIR [--report KIND]``."""
+    from icl.reports import REPORTS, figures
 
-    parser = argparse.ArgumentParser(description="Plot accuracy against k per label setting.")
+    parser = argparse.ArgumentParser(description="Draw a study's figures from the runs in DIR.")
     parser.add_argument("dir", type=Path)
-    parser.add_argument("--out", type=Path, default=None, help="PNG path (DIR/accuracy_vs_k.png)")
+    parser.add_argument("--out", type=Path, default=None, help="PNG path of the curve report")
     parser.add_argument("--metric", default="accuracy", choices=["accuracy", "macro_f1"])
+    parser.add_argument("--report", default="curve", choices=REPORTS, help="which study's figures")
     args = parser.parse_args(argv)
     try:
-        runs = write_summary(args.dir)[0]  # re-collected, so the figure matches the runs on disk
+        if args.report == "curve" and args.out is not None:
+            from icl.plots import plot_accuracy_vs_k
+            from icl.results import write_summary
+
+            paths = [plot_accuracy_vs_k(write_summary(args.dir)[0], args.out, args.metric)]
+        else:
+            paths = figures(args.report, args.dir, args.metric)
     except FileNotFoundError as err:
         parser.exit(2, f"icl-plot: error: {err}\n")
-    out = args.out or args.dir / f"{args.metric}_vs_k.png"
-    plot_accuracy_vs_k(runs, out, metric=args.metric)
-    print(f"figure -> {out}")
+    for path in paths:
+        print(f"figure -> {path}")
+
+
+def study(argv: list[str] | None = None) -> None:
+    """Entry point of ``icl-study NAME [--quick] [OVERRIDE ...]``: sweeps, tables, figures."""
+    from icl.reports import figures, tables
+    from icl.studies import STUDIES, get_study, sweep_commands
+
+    parser = argparse.ArgumentParser(
+        description="Run a ready-made study (conf/experiment/NAME.yaml) and write its report."
+    )
+    parser.add_argument("name", choices=sorted(STUDIES))
+    parser.add_argument("--quick", action="store_true", help="the small form (NAME_quick.yaml)")
+    parser.add_argument("--dir", type=Path, default=None, help="results folder (results/NAME)")
+    parser.add_argument("--report-only", action="store_true", help="skip the sweeps")
+    parser.add_argument("overrides", nargs="*", help="icl-run overrides, e.g. model=gemma3-270m")
+    args = parser.parse_args(argv)
+    chosen = get_study(args.name)
+    root = args.dir or Path("results") / (f"{args.name}_quick" if args.quick else args.name)
+    started = time.perf_counter()
+    if not args.report_only:
+        for command in sweep_commands(chosen, args.quick, list(args.overrides)):
+            task = next((a.split("=", 1)[1] for a in command if a.startswith("task=")), None)
+            sweep_dir = root / task if chosen.per_task and task else root
+            command = [*command, f"hydra.sweep.dir={sweep_dir}"]
+            print("icl-run " + " ".join(command), flush=True)
+            subprocess.run([*ICL_RUN, *command], check=True)
+    print(tables(chosen.reports[0], root) if len(chosen.reports) == 1 else "")
+    for kind in chosen.reports[1:]:
+        print(tables(kind, root))
+    for kind in chosen.reports:
+        for path in figures(kind, root):
+            print(f"figure -> {path}")
+    print(f"{args.name}: done in {time.perf_counter() - started:.0f} s -> {root}")
+
+
+# icl-run in a child process: each sweep is its own Hydra app invocation
+ICL_RUN = [sys.executable, "-c", "import sys, icl.cli; sys.argv[0] = 'icl-run'; icl.cli.run()"]

@@ -171,7 +171,7 @@ def choose_demos(pool_labels, n_classes: int, demos_cfg, example_index: int | No
     indices = [int(i) for i in order[: demos_cfg.k]]
     gold = [int(pool_labels[i]) for i in indices]
     # correct_P fixes the share within the k shown; the other settings draw along the order
-    labelled = gold if correct_percent(demos_cfg.labels) is not None else order
+    labelled = indices if correct_percent(demos_cfg.labels) is not None else order
     shown = shown_labels(
         [int(pool_labels[i]) for i in labelled],
         demos_cfg.labels,

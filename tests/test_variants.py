@@ -40,7 +40,7 @@ def plan(*overrides):
 @pytest.mark.parametrize("percent", [0, 25, 50, 75, 100])
 @pytest.mark.parametrize("k", [1, 4, 8, 16])
 def test_correct_p_keeps_exactly_p_percent_gold_on_the_gold_inputs(percent, k):
-    labels = [0, 1, 2] * 20
+    labels = np.random.default_rng(k).permutation([0, 1, 2] * 20).tolist()
     for seed in range(20):
         gold = choose_demos(labels, 3, DemosConfig(k=k, seed=seed))
         part = choose_demos(labels, 3, DemosConfig(k=k, seed=seed, labels=f"correct_{percent}"))
@@ -50,7 +50,7 @@ def test_correct_p_keeps_exactly_p_percent_gold_on_the_gold_inputs(percent, k):
 
 
 def test_correct_p_wrong_labels_are_uniform_over_the_other_classes():
-    labels = [0, 1, 2, 3] * 40
+    labels = np.random.default_rng(0).permutation([0, 1, 2, 3] * 40).tolist()
     wrong = np.zeros((4, 4))
     for seed in range(300):
         demo = choose_demos(labels, 4, DemosConfig(k=16, seed=seed, labels="correct_0"))
@@ -68,7 +68,7 @@ def test_correct_p_above_100_is_rejected_before_the_model(tmp_path):
 
 
 def test_random_true_dist_follows_the_pool_label_distribution_not_uniform():
-    labels = [0] * 80 + [1] * 20
+    labels = np.random.default_rng(0).permutation([0] * 80 + [1] * 20).tolist()
     shown = []
     for seed in range(200):
         demo = choose_demos(labels, 2, DemosConfig(k=32, seed=seed, labels="random_true_dist"))
@@ -89,6 +89,14 @@ def test_random_true_dist_is_independent_of_the_gold_labels():
         )
     ]
     assert np.mean(agree) == pytest.approx(0.5, abs=0.03)
+
+
+@pytest.mark.parametrize("percent", [0, 50])
+def test_correct_p_on_a_real_pool_flips_the_rest(percent):
+    gold = plan("demos.k=8").demo_sets[0]
+    part = plan("demos.k=8", f"demos.labels=correct_{percent}").demo_sets[0]
+    assert part.gold == gold.gold
+    assert part.share_correct == percent / 100
 
 
 def test_ood_inputs_replace_every_input_with_a_corpus_text_of_similar_length():
