@@ -155,7 +155,7 @@ def study(argv: list[str] | None = None) -> None:
     parser.add_argument("--dir", type=Path, default=None, help="results folder (results/NAME)")
     parser.add_argument("--report-only", action="store_true", help="skip the sweeps")
     parser.add_argument("overrides", nargs="*", help="icl-run overrides, e.g. model=gemma3-270m")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     chosen = get_study(args.name)
     root = args.dir or Path("results") / (f"{args.name}_quick" if args.quick else args.name)
     started = time.perf_counter()

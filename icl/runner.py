@@ -230,7 +230,8 @@ def prediction_rows(plan: CellPlan, prompts, scored, zero_ppl) -> list[dict]:
             {
                 "example_id": ex.id,
                 "demo_ids": [plan.pool[i].id for i in demo_set.indices][kept],
-                "demo_label_words": [words[c] for c in demo_set.shown][kept],
+                # what each demonstration showed as its label (None: no label shown)
+                "demo_label_words": [w for _, w in demo_pairs(plan, demo_set)][kept],
                 "demo_gold_words": [words[c] for c in demo_set.gold][kept],
                 "n_demos_dropped": prompt.n_dropped,
                 "option_logprob": dict(zip(names, scores.sums)),

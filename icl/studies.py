@@ -58,7 +58,11 @@ def sweep_commands(study: Study, quick: bool, overrides: list[str]) -> list[list
     commands = []
     for args in base:
         commands.append(args + overrides)
-        commands.extend(args + list(extra) + overrides for extra in study.extra_sweeps)
+        for extra in study.extra_sweeps:
+            # the extra sweep's own values win over the user's (e.g. its single zero-shot seed)
+            fixed = {o.split("=", 1)[0] for o in extra}
+            kept = [o for o in overrides if o.split("=", 1)[0] not in fixed]
+            commands.append(args + list(extra) + kept)
     return commands
 
 

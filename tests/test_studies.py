@@ -29,9 +29,10 @@ def test_every_study_has_its_experiment_and_quick_configs():
 
 
 def test_sweep_commands_add_the_zero_shot_sweep_and_split_per_task():
-    labels = studies.sweep_commands(studies.get_study("min2022_labels"), False, ["x=1"])
+    study = studies.get_study("min2022_labels")
+    labels = studies.sweep_commands(study, False, ["x=1", "demos.seed=1,2"])
     assert labels == [
-        ["+experiment=min2022_labels", "x=1"],
+        ["+experiment=min2022_labels", "x=1", "demos.seed=1,2"],
         ["+experiment=min2022_labels", "demos.k=0", "demos.labels=gold", "demos.seed=1", "x=1"],
     ]
     templates = studies.sweep_commands(studies.get_study("template_sweep"), True, [])
