@@ -166,10 +166,8 @@ def study(argv: list[str] | None = None) -> None:
             command = [*command, f"hydra.sweep.dir={sweep_dir}"]
             print("icl-run " + " ".join(command), flush=True)
             subprocess.run([*ICL_RUN, *command], check=True)
-    print(tables(chosen.reports[0], root) if len(chosen.reports) == 1 else "")
-    for kind in chosen.reports[1:]:
-        print(tables(kind, root))
     for kind in chosen.reports:
+        print(tables(kind, root))
         for path in figures(kind, root):
             print(f"figure -> {path}")
     print(f"{args.name}: done in {time.perf_counter() - started:.0f} s -> {root}")

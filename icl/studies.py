@@ -35,7 +35,7 @@ STUDIES = {
     "min2022_labels": Study(
         "min2022_labels",
         extra_sweeps=(("demos.k=0", "demos.labels=gold", "demos.seed=1"),),
-        reports=("labels", "ablations"),
+        reports=("labels",),
     ),
     "template_sweep": Study("template_sweep", per_task=LOCAL_TASKS, reports=("templates",)),
     "label_words": Study("label_words", reports=("label_words",)),

@@ -141,3 +141,8 @@ def test_reports_write_tables_and_figures_for_every_kind(tmp_path):
             assert path.exists() and path.stat().st_size > 1000
     assert (tmp_path / "labels_macro_f1.md").read_text().startswith("| task |")
     assert (tmp_path / "perplexity_correlation.csv").exists()
+
+
+def test_every_study_reports_known_kinds():
+    for study in studies.STUDIES.values():
+        assert study.reports and set(study.reports) <= set(reports.REPORTS)
