@@ -127,8 +127,9 @@ def test_engine_agrees_with_naive_on_options_without_prompt_nlls(lm, engine):
 
 
 @pytest.mark.parametrize("engine", FAST_ENGINES)
-def test_engine_agrees_with_naive_far_past_the_sliding_window(engine):
-    lm = tiny_lm("gemma3")
+@pytest.mark.parametrize("arch", ["gemma3", "gemma2"])  # gemma2: soft-capped attention scores
+def test_engine_agrees_with_naive_far_past_the_sliding_window(engine, arch):
+    lm = tiny_lm(arch)
     window = lm.model.config.sliding_window
     assert window == 8
     prefix = tuple(lm.bos + lm.encode("Review: " + "long demonstration text " * 6 + "\n\n"))
@@ -138,6 +139,19 @@ def test_engine_agrees_with_naive_far_past_the_sliding_window(engine):
     requests = [ScoreRequest(prefix, tuple(lm.encode(q)), options) for q in queries]
     for a, b in zip(score(lm, requests, engine, 2), score(lm, requests, "naive", 2)):
         assert_same_scores(a, b)
+
+
+def test_soft_capping_changes_the_tiny_gemma2_scores():
+    """The tiny gemma2's cap bites, so agreeing with naive there tests the capped path."""
+    lm = tiny_lm("gemma2")
+    assert lm.model.config.attn_logit_softcapping is not None
+    request = requests_for(lm, with_empty_prefix=False)[4]
+    capped = score(lm, [request], "prefix_shared")[0]
+    for layer in lm.model.model.layers:
+        layer.self_attn.attn_logit_softcapping = None
+    uncapped = score(lm, [request], "prefix_shared")[0]
+    pairs = zip(capped.option_logprobs[0], uncapped.option_logprobs[0])
+    assert max(abs(a - b) for a, b in pairs) > 1e-2
 
 
 def flatten(results) -> list[float]:
