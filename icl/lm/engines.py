@@ -151,7 +151,9 @@ def build_rows(requests, indices, want_query: bool) -> list[Row]:
             full = req.query + option
             tokens = full[:-1] if option else req.query
             row = rows.setdefault(tokens, Row(tokens))
-            for pos in range(len(tokens)):
+            # only the first option's row reads the query; the others start at its last token
+            first = 0 if want_query and o == 0 else q - 1
+            for pos in range(first, len(tokens)):
                 target = pos + 1  # position pos predicts token pos + 1 of the full sequence
                 if target < q and want_query and o == 0:
                     row.reads.append((pos, full[target], ("q", i, target)))
@@ -321,8 +323,10 @@ def score_prefix_reuse(
         cache, p_nll, p_count, next_lp = encode_prefix(lm.model, prefix, lm.device, want_query)
         for i in indices:
             results[i].prefix_nll, results[i].prefix_count = p_nll, p_count
-            if want_query and next_lp is not None:
-                sink(("q", i, 0), next_lp[requests[i].query[0]].item())
+        if want_query and next_lp is not None:  # one transfer for the group's first tokens
+            firsts = next_lp[to_device([requests[i].query[0] for i in indices], lm.device)]
+            for i, value in zip(indices, firsts.tolist()):
+                sink(("q", i, 0), value)
         rows = build_rows(requests, indices, want_query)
         if batch_size == AUTO:  # measured once, on the first prefix; later ones may shrink it
             batch_size = auto_batch_size(lm.model, rows, cache, len(prefix), lm.device, attention)
