@@ -119,12 +119,12 @@ def free_memory(device) -> None:
 @contextlib.contextmanager
 def manual_attention():
     """prefix_shared with its fused kernels switched off: the plain-operation path."""
-    kernel = pa._kernel
-    pa._kernel = lambda *args, **kwargs: None
+    kernels = pa._kernels
+    pa._kernels = lambda *args, **kwargs: []
     try:
         yield
     finally:
-        pa._kernel = kernel
+        pa._kernels = kernels
 
 
 def reference_two_parts(q, k, v, pk, pv, visible, scale):
@@ -424,6 +424,7 @@ def main():
     parser.add_argument("--legacy-attention", default=None, help="an older prefix_attention.py")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(manual)")
     parser.add_argument("--skip-exact", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--profile", default=None, help="an engine to profile instead")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -454,7 +455,9 @@ def main():
         args.compile,
         archs,
     )
-    throughput(device, dtype, args.n, args.batch_size, args.prefix_len, lines, args.layers, archs)
+    if not args.skip_throughput:
+        size, plen = args.batch_size, args.prefix_len
+        throughput(device, dtype, args.n, size, plen, lines, args.layers, archs)
     write(lines, args.out)
 
 

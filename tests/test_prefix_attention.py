@@ -62,7 +62,7 @@ def test_two_parts_merged_equal_one_softmax(window, softcap):
 def test_fused_kernel_and_manual_path_agree(window):
     q, k, v, *_ = two_part_case(9, 5, window, seed=1)
     mask = pa.suffix_mask(9, window, q.dtype, q.device, {})
-    fused = pa._kernel(q, k, v, 0.3, mask)
+    fused = pa._kernels(q, mask)[0](q, k, v, 0.3, mask)
     manual = pa._manual(q, k, v, 0.3, mask, None)
     assert torch.allclose(fused[0], manual[0], atol=1e-6)
     assert torch.allclose(fused[1], manual[1], atol=1e-6)
@@ -76,3 +76,19 @@ def test_masks_are_built_once_per_shape():
     # a prefix the window cannot cut needs no mask at all
     assert pa.prefix_mask(7, 400, 512, 4, torch.float32, torch.device("cpu"), cache).bias is None
     assert pa.prefix_mask(7, 600, None, 4, torch.float32, torch.device("cpu"), cache).bias is None
+
+
+def test_a_kernel_that_refuses_falls_back_to_the_next_and_warns_once(monkeypatch, caplog):
+    q, k, v, *_ = two_part_case(6, 5, None, seed=2)
+    mask = pa.suffix_mask(6, None, q.dtype, q.device, {})
+
+    def refusing(*args):
+        raise RuntimeError("No available kernel")
+
+    monkeypatch.setattr(pa, "_kernels", lambda q, mask: [refusing])
+    monkeypatch.setattr(pa, "_FALLBACKS", set())
+    for _ in range(2):
+        out, lse = pa.attend(q, k, v, 0.3, mask)
+    manual = pa._manual(q, k, v, 0.3, mask, None)
+    assert torch.equal(out, manual[0]) and torch.equal(lse, manual[1])
+    assert len([r for r in caplog.records if "refused" in r.getMessage()]) == 1

@@ -110,27 +110,38 @@ def prefix_mask(
     return cache[key]
 
 
-def _kernel(q, k, v, scale: float, mask: Mask):
-    """A fused attention that returns (out, log-sum-exp), or None where none applies."""
+def _flash_cpu(q, k, v, scale: float, mask: Mask):
     bias = None if mask.causal else mask.bias
-    if q.device.type == "cpu":
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, 0.0, mask.causal, attn_mask=bias, scale=scale
-        )
-        return out, lse
-    if q.device.type != "cuda":
-        return None
-    if bias is None and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
-        out, lse, *_ = torch.ops.aten._scaled_dot_product_flash_attention(
-            q, k, v, 0.0, mask.causal, scale=scale
-        )
-        return out, lse
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k, v, 0.0, mask.causal, attn_mask=bias, scale=scale
+    )
+
+
+def _flash_cuda(q, k, v, scale: float, mask: Mask):
+    out, lse, *_ = torch.ops.aten._scaled_dot_product_flash_attention(
+        q, k, v, 0.0, mask.causal, scale=scale
+    )
+    return out, lse
+
+
+def _efficient_cuda(q, k, v, scale: float, mask: Mask):
+    bias = None if mask.causal or mask.bias is None else mask.bias
     if bias is not None:
         bias = bias.expand(q.shape[0], q.shape[1], -1, -1)
     out, lse, *_ = torch.ops.aten._scaled_dot_product_efficient_attention(
         q, k, v, bias, True, 0.0, mask.causal, scale=scale
     )
     return out, lse[..., : q.shape[2]]  # the kernel pads its log-sum-exp rows
+
+
+def _kernels(q, mask: Mask) -> list:
+    """Fused attentions that return (out, log-sum-exp) and may take these inputs, best first."""
+    if q.device.type == "cpu":
+        return [_flash_cpu]
+    if q.device.type != "cuda":
+        return []
+    flash = (mask.causal or mask.bias is None) and q.dtype in (torch.float16, torch.bfloat16)
+    return ([_flash_cuda] if flash and q.shape[-1] <= 256 else []) + [_efficient_cuda]
 
 
 def _manual(q, k, v, scale: float, mask: Mask, softcap: float | None):
@@ -149,14 +160,15 @@ def _manual(q, k, v, scale: float, mask: Mask, softcap: float | None):
 def attend(q, k, v, scale: float, mask: Mask, softcap: float | None = None):
     """Attention of q (B, H, N, d) over k, v (B, H, M, d) and its log-sum-exp (B, H, N)."""
     result = None
-    if softcap is None:
+    for kernel in _kernels(q, mask) if softcap is None else []:
         try:
-            result = _kernel(q, k, v, scale, mask)
+            result = kernel(q, k, v, scale, mask)
+            break
         except RuntimeError as err:  # a kernel that refuses these shapes or dtypes
-            key = (q.device.type, q.dtype, q.shape[-1], mask.bias is None)
+            key = (kernel.__name__, q.dtype, q.shape[-1], mask.bias is None)
             if key not in _FALLBACKS:
                 _FALLBACKS.add(key)
-                log.warning("no fused attention for %s (%s); computing it by hand", key, err)
+                log.warning("attention kernel refused %s (%s); trying the next", key, err)
     out, lse = result if result is not None else _manual(q, k, v, scale, mask, softcap)
     if mask.empty is not None:
         lse = lse.masked_fill(mask.empty, float("-inf"))
