@@ -213,11 +213,9 @@ def shared_prefix_attention(
     own_mask = suffix_mask(length, sliding_window, query.dtype, query.device, masks)
     own_k, own_v = _repeat_heads(key, groups), _repeat_heads(value, groups)
     out, lse = attend(query, own_k, own_v, scale, own_mask, softcap)
-    # the caller wants (batch, length, heads, dim)
-    result = torch.empty(batch, length, q_heads, dim, dtype=query.dtype, device=query.device)
     if prefix is None or module.layer_idx not in prefix.layers:
-        result.copy_(out.transpose(1, 2))
-        return result, None
+        # the caller wants (batch, length, heads, dim), which fused kernels already lay out
+        return out.transpose(1, 2).contiguous(), None
     p_key, p_value = prefix.layers[module.layer_idx]
     stored = p_key.shape[2]
     p_mask = prefix_mask(
@@ -231,6 +229,7 @@ def shared_prefix_attention(
     p_out = p_out.view(kv_heads, batch, groups, length, dim).transpose(0, 1)
     p_lse = p_lse.view(kv_heads, batch, groups, length).transpose(0, 1)
     merged = merge(out.view(*grouped, dim), lse.view(grouped), p_out, p_lse)
+    result = torch.empty(batch, length, q_heads, dim, dtype=query.dtype, device=query.device)
     result.view(batch, length, kv_heads, groups, dim).copy_(merged.permute(0, 3, 1, 2, 4))
     return result, None
 
