@@ -25,7 +25,8 @@ LABEL_SETTINGS = (
     "labels_only",
 )
 SAMPLING_RULES = ("uniform", "balanced")
-SCORING_ENGINES = ("prefix", "prefix_shared", "naive")
+# auto: prefix_shared on CUDA, prefix elsewhere (cells record the engine it resolved to)
+SCORING_ENGINES = ("auto", "prefix", "prefix_shared", "naive")
 SCORING_RULES = ("direct",)
 LOGGERS = ("none", "wandb")
 
@@ -134,7 +135,9 @@ class EvalConfig:
     n_test: int = 200
     # which test examples: fixed across demonstration seeds so only the demonstrations vary
     seed: int = 0
-    batch_size: int = 16
+    # rows per forward: a positive integer, or auto (16 on CPU; on CUDA what fits free memory,
+    # measured by a probe batch and halved if it still runs out). Any: OmegaConf has no Union
+    batch_size: Any = "auto"
     # the perplexity of the whole k-shot prompt costs a full-vocabulary pass over each query
     kshot_perplexity: bool = True
     progress: bool = True
@@ -142,7 +145,7 @@ class EvalConfig:
 
 @dataclass
 class ScoringConfig:
-    engine: str = "prefix"
+    engine: str = "auto"  # auto | prefix | prefix_shared | naive
     rule: str = "direct"
 
 

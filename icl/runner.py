@@ -28,6 +28,8 @@ from icl.demos import (
 )
 from icl.errors import ICLError, unknown_name
 from icl.lm import LanguageModel, ScoreRequest, load_language_model, score_requests
+from icl.lm.engines import check_batch_size, resolve_engine
+from icl.lm.loading import resolve_device
 from icl.metrics import accuracy, classification_metrics
 from icl.scoring import option_scores, perplexity, predict
 
@@ -46,6 +48,11 @@ class CellPlan:
     demo_sets: list[DemoSet]  # one per test example (the same object when shared)
     # labels=ood_inputs: the task whose texts replaced the demonstration inputs
     ood_corpus: str | None = None
+
+
+def scoring_engine(cfg) -> str:
+    """The engine a cell runs: ``auto`` resolved for the device the model will load on."""
+    return resolve_engine(cfg.scoring.engine, resolve_device(cfg.model.device))
 
 
 @dataclass
@@ -70,7 +77,7 @@ def identity(cfg, template_name: str) -> dict:
         "ood_corpus": ood_corpus_name(cfg),
         "n_test": cfg.eval.n_test,
         "eval_seed": cfg.eval.seed,
-        "engine": cfg.scoring.engine,
+        "engine": scoring_engine(cfg),  # resolved, so a resumed sweep runs what it recorded
         "rule": cfg.scoring.rule,
         "task_version": cfg.task.version,
         "harness_version": icl.__version__,
@@ -83,6 +90,7 @@ def plan_cell(cfg) -> CellPlan:
         raise unknown_name("scoring engine", cfg.scoring.engine, SCORING_ENGINES)
     if cfg.scoring.rule not in SCORING_RULES:
         raise unknown_name("scoring rule", cfg.scoring.rule, SCORING_RULES)
+    check_batch_size(cfg.eval.batch_size)
     name, template = templates.select_template(cfg.task, cfg.template)
     if cfg.label_words:
         template = dataclasses.replace(template, label_words=list(cfg.label_words))
@@ -212,7 +220,7 @@ def zero_shot_perplexities(lm, plan: CellPlan) -> list[float]:
         prompt_request(lm, plan.template, [], templates.render_input(plan.template, ex.fields), ())
         for ex in plan.test
     ]
-    scored = score_requests(lm, requests, cfg.scoring.engine, cfg.eval.batch_size, True, False)
+    scored = score_requests(lm, requests, scoring_engine(cfg), cfg.eval.batch_size, True, False)
     return [perplexity(r.prefix_nll + r.query_nll, r.prefix_count + r.query_count) for r in scored]
 
 
@@ -325,7 +333,7 @@ def run_cell(cfg, load_model=cached_model) -> dict:
     scored = score_requests(
         lm,
         [p.request for p in prompts],
-        cfg.scoring.engine,
+        cell["engine"],
         cfg.eval.batch_size,
         cfg.eval.kshot_perplexity,
         cfg.eval.progress,
