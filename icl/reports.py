@@ -97,7 +97,16 @@ def figures(kind: str, root: Path, metric: str = "accuracy") -> list[Path]:
         stats = studies.perplexity_correlations(table)
         return [plots.plot_perplexity_scatter(table, stats, root / "templates_perplexity.png")]
     if kind == "label_words":
-        return []
+        table = studies.label_words_bars(runs)
+        return [
+            plots.plot_setting_bars(
+                table,
+                root / "label_words.png",
+                list(dict.fromkeys(table["setting"])),
+                METRIC_NAMES["accuracy"],
+                "label words (positive/negative), ± std over seeds",
+            )
+        ]
     if kind == "shots":
         shots = studies.shots_table(runs, metric)
         ascent = studies.early_ascent_table(shots)

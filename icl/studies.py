@@ -189,6 +189,19 @@ def label_words_table(runs: pd.DataFrame) -> pd.DataFrame:
     return wide.loc[present + [w for w in wide.index if w not in present]]
 
 
+def label_words_bars(runs: pd.DataFrame) -> pd.DataFrame:
+    """The label-word table in the long form the bar chart draws: a group per pair, a bar per k."""
+    rows = []
+    for (words, k), group in runs.groupby(["label_words", "k"]):
+        mean, std, n = mean_std(group["accuracy"])
+        label = gao_notation(words)
+        rows.append({"task": label, "setting": f"k={k}", "mean": mean, "std": std, "n_seeds": n})
+    order = ["great/terrible", "good/bad", "cat/dog", "dog/cat", "terrible/great"]
+    frame = pd.DataFrame(rows)
+    frame["order"] = frame["task"].map(lambda w: order.index(w) if w in order else len(order))
+    return frame.sort_values(["order", "setting"]).drop(columns="order").reset_index(drop=True)
+
+
 def shots_table(runs: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     """Mean and 95% interval (t over seeds) of a metric per (task, labels, k)."""
     from scipy.stats import t as student_t

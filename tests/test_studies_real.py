@@ -15,7 +15,7 @@ QUICK = {
          "labels_correct_share.png"],
     ),
     "template_sweep": (13 + 12, ["perplexity_correlation.md", "templates_perplexity.png"]),
-    "label_words": (5 * 2 * 2, ["label_words.md"]),
+    "label_words": (5 * 2 * 2, ["label_words.md", "label_words.png"]),
     "shots_curve": (11 * 2 * 2, ["shots.md", "early_ascent.md", "shots_accuracy.png"]),
 }  # fmt: skip
 
