@@ -31,14 +31,10 @@ demo: venv
 # One intra-op thread: on a busy 2-core machine a second one made the quick study 6.5x slower.
 THREADS ?= 1
 scoring-rules: venv
-	OMP_NUM_THREADS=$(THREADS) $(BIN)/icl-run +experiment=scoring_rules $(if $(MODEL),model=$(MODEL)) hydra.sweep.dir=$(SCORING_RULES_DIR)
-	$(BIN)/icl-collect $(SCORING_RULES_DIR)
-	$(BIN)/icl-plot $(SCORING_RULES_DIR) --by rule
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/icl-study scoring_rules --dir $(SCORING_RULES_DIR) $(if $(MODEL),model=$(MODEL))
 
 scoring-rules-quick: venv
-	OMP_NUM_THREADS=$(THREADS) $(BIN)/icl-run +experiment=scoring_rules_quick hydra.sweep.dir=results/scoring_rules_quick
-	$(BIN)/icl-collect results/scoring_rules_quick
-	$(BIN)/icl-plot results/scoring_rules_quick --by rule
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/icl-study scoring_rules --quick
 
 test: venv
 	$(BIN)/pytest -q

@@ -1,4 +1,4 @@
-"""Console scripts: ``icl-run`` (the Hydra app), ``icl-collect`` and ``icl-plot``.
+"""Console scripts: ``icl-run`` (the Hydra app), ``icl-collect``, ``icl-plot`` and ``icl-study``.
 
 This is the only module that knows Hydra.
 """
@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -29,6 +31,9 @@ def register_resolvers() -> None:
     """``${icl.pkgfile:dist,path}`` finds a file shipped in a package; ``${icl.data_dir:}``."""
     if not OmegaConf.has_resolver("icl.pkgfile"):
         OmegaConf.register_new_resolver("icl.pkgfile", package_file)
+    if not OmegaConf.has_resolver("icl.names"):
+        # a sweep over every key of a mapping, e.g. all templates of the task
+        OmegaConf.register_new_resolver("icl.names", lambda mapping: ",".join(mapping))
     if not OmegaConf.has_resolver("icl.data_dir"):
         OmegaConf.register_new_resolver("icl.data_dir", default_data_dir)
 
@@ -108,25 +113,20 @@ def rescore(root: Path, rules: list[str]) -> int:
 
 
 def collect(argv: list[str] | None = None) -> None:
-    """Entry point of ``icl-collect DIR [--rescore RULES]``."""
-    from icl.results import (
-        format_balance_table,
-        format_rule_table,
-        format_table,
-        rule_columns,
-        rule_runs,
-        summarise_seeds,
-        write_summary,
-    )
+    """Entry point of ``icl-collect DIR [--report KIND] [--rescore RULES]``."""
+    from icl.reports import REPORTS, tables
 
     parser = argparse.ArgumentParser(description="Gather every run under DIR into one table.")
     parser.add_argument("dir", type=Path)
     parser.add_argument(
+        "--report", default="curve", choices=REPORTS, help="which study's tables (curve: k, labels)"
+    )
+    parser.add_argument(
         "--rescore",
         default=None,
         metavar="RULES",
-        help="first add these rules (comma-separated: direct_mean, calibrated, pmi) to every "
-        "finished run from its stored log-probs and only the extra passes they need",
+        help="first add these scoring rules (comma-separated: direct_mean, calibrated, pmi) to "
+        "every finished run, from its stored log-probs and only the extra passes they need",
     )
     args = parser.parse_args(argv)
     try:
@@ -134,47 +134,67 @@ def collect(argv: list[str] | None = None) -> None:
             setup()
             logging.basicConfig(level=logging.INFO, format="%(message)s")
             rescore(args.dir, [r.strip() for r in args.rescore.split(",") if r.strip()])
-        runs, seeds = write_summary(args.dir)
-    except FileNotFoundError as err:
+        text = tables(args.report, args.dir)
+    except (FileNotFoundError, ICLError) as err:
         parser.exit(2, f"icl-collect: error: {err}\n")
-    except ICLError as err:
-        parser.exit(2, f"icl-collect: error: {err}\n")
-    print(f"{len(runs)} runs -> {args.dir / 'summary.csv'}, {args.dir / 'summary_seeds.csv'}")
-    print(format_table(seeds))
-    if rule_columns(runs):
-        by_rule = summarise_seeds(rule_runs(runs))
-        print(f"\naccuracy (%) per rule -> {args.dir / 'summary_rules.csv'}")
-        print(format_rule_table(by_rule))
-        if "calibrated" in set(by_rule["scored_rule"]):
-            print("\nprediction shares per class, before and after calibration")
-            print(format_balance_table(by_rule))
+    print(f"runs -> {args.dir / 'summary.csv'}, {args.dir / 'summary_seeds.csv'}")
+    print(text)
 
 
 def plot(argv: list[str] | None = None) -> None:
-    """Entry point of ``icl-plot DIR``."""
-    from icl.plots import plot_accuracy_vs_k
-    from icl.results import rule_runs, write_summary
+    """Entry point of ``icl-plot DIR [--report KIND]``."""
+    from icl.reports import REPORTS, figures
 
-    parser = argparse.ArgumentParser(description="Plot accuracy against k per label setting.")
+    parser = argparse.ArgumentParser(description="Draw a study's figures from the runs in DIR.")
     parser.add_argument("dir", type=Path)
-    parser.add_argument("--out", type=Path, default=None, help="PNG path (DIR/accuracy_vs_k.png)")
+    parser.add_argument("--out", type=Path, default=None, help="PNG path of the curve report")
     parser.add_argument("--metric", default="accuracy", choices=["accuracy", "macro_f1"])
-    parser.add_argument(
-        "--by",
-        default="labels",
-        choices=["labels", "rule"],
-        help="a line per label setting, or per scoring rule (DIR/accuracy_vs_k_by_rule.png)",
-    )
+    parser.add_argument("--report", default="curve", choices=REPORTS, help="which study's figures")
     args = parser.parse_args(argv)
     try:
-        runs = write_summary(args.dir)[0]  # re-collected, so the figure matches the runs on disk
-        if args.by == "rule":
-            runs = rule_runs(runs)
-    except (FileNotFoundError, ValueError) as err:
+        if args.report == "curve" and args.out is not None:
+            from icl.plots import plot_accuracy_vs_k
+            from icl.results import write_summary
+
+            paths = [plot_accuracy_vs_k(write_summary(args.dir)[0], args.out, args.metric)]
+        else:
+            paths = figures(args.report, args.dir, args.metric)
+    except (FileNotFoundError, ICLError) as err:
         parser.exit(2, f"icl-plot: error: {err}\n")
-    suffix = "_by_rule" if args.by == "rule" else ""
-    out = args.out or args.dir / f"{args.metric}_vs_k{suffix}.png"
-    plot_accuracy_vs_k(
-        runs, out, metric=args.metric, by="scored_rule" if args.by == "rule" else "labels"
+    for path in paths:
+        print(f"figure -> {path}")
+
+
+def study(argv: list[str] | None = None) -> None:
+    """Entry point of ``icl-study NAME [--quick] [OVERRIDE ...]``: sweeps, tables, figures."""
+    from icl.reports import figures, tables
+    from icl.studies import STUDIES, get_study, sweep_commands
+
+    parser = argparse.ArgumentParser(
+        description="Run a ready-made study (conf/experiment/NAME.yaml) and write its report."
     )
-    print(f"figure -> {out}")
+    parser.add_argument("name", choices=sorted(STUDIES))
+    parser.add_argument("--quick", action="store_true", help="the small form (NAME_quick.yaml)")
+    parser.add_argument("--dir", type=Path, default=None, help="results folder (results/NAME)")
+    parser.add_argument("--report-only", action="store_true", help="skip the sweeps")
+    parser.add_argument("overrides", nargs="*", help="icl-run overrides, e.g. model=gemma3-270m")
+    args = parser.parse_intermixed_args(argv)
+    chosen = get_study(args.name)
+    root = args.dir or Path("results") / (f"{args.name}_quick" if args.quick else args.name)
+    started = time.perf_counter()
+    if not args.report_only:
+        for command in sweep_commands(chosen, args.quick, list(args.overrides)):
+            task = next((a.split("=", 1)[1] for a in command if a.startswith("task=")), None)
+            sweep_dir = root / task if chosen.per_task and task else root
+            command = [*command, f"hydra.sweep.dir={sweep_dir}"]
+            print("icl-run " + " ".join(command), flush=True)
+            subprocess.run([*ICL_RUN, *command], check=True)
+    for kind in chosen.reports:
+        print(tables(kind, root))
+        for path in figures(kind, root):
+            print(f"figure -> {path}")
+    print(f"{args.name}: done in {time.perf_counter() - started:.0f} s -> {root}")
+
+
+# icl-run in a child process: each sweep is its own Hydra app invocation
+ICL_RUN = [sys.executable, "-c", "import sys, icl.cli; sys.argv[0] = 'icl-run'; icl.cli.run()"]

@@ -11,9 +11,22 @@ from typing import Any
 
 from omegaconf import MISSING
 
-LABEL_SETTINGS = ("gold", "random", "permuted")
+# what the demonstrations show (Min et al. 2022, sections 4 and 5); correct_P keeps the gold
+# label on P percent of them, e.g. correct_75
+LABEL_SETTINGS = (
+    "gold",
+    "random",
+    "permuted",
+    "correct_P",
+    "random_true_dist",
+    "ood_inputs",
+    "random_words",
+    "no_labels",
+    "labels_only",
+)
 SAMPLING_RULES = ("uniform", "balanced")
-SCORING_ENGINES = ("prefix", "prefix_shared", "naive")
+# auto: prefix_shared on CUDA, prefix elsewhere (cells record the engine it resolved to)
+SCORING_ENGINES = ("auto", "prefix", "prefix_shared", "naive")
 SCORING_RULES = ("direct", "direct_mean", "channel", "calibrated", "pmi")
 LOGGERS = ("none", "wandb")
 
@@ -112,6 +125,9 @@ class DemosConfig:
     per_example: bool = False
     # the k demonstrations are the first k of the 2k ones for the same seed
     nested: bool = True
+    # labels=ood_inputs: the task whose texts replace the demonstration inputs; each task's
+    # default is conf/ood/<task>.yaml, another corpus is chosen with corpus@demos.ood_task=NAME
+    ood_task: TaskConfig | None = None
 
 
 @dataclass
@@ -119,7 +135,9 @@ class EvalConfig:
     n_test: int = 200
     # which test examples: fixed across demonstration seeds so only the demonstrations vary
     seed: int = 0
-    batch_size: int = 16
+    # rows per forward: a positive integer, or auto (16 on CPU; on CUDA what fits free memory,
+    # measured by a probe batch and halved if it still runs out). Any: OmegaConf has no Union
+    batch_size: Any = "auto"
     # the perplexity of the whole k-shot prompt costs a full-vocabulary pass over each query
     kshot_perplexity: bool = True
     progress: bool = True
@@ -127,7 +145,7 @@ class EvalConfig:
 
 @dataclass
 class ScoringConfig:
-    engine: str = "prefix"
+    engine: str = "auto"  # auto | prefix | prefix_shared | naive
     # the rule behind each prediction, accuracy and macro-F1 (SCORING_RULES; see icl/scoring.py)
     rule: str = "direct"
     # more rules whose predictions and metrics are reported alongside ``rule``'s
@@ -157,6 +175,9 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     # the template name; null takes the task's default_template
     template: str | None = None
+    # label words (one per class, in class order) in place of the template's own, e.g. for
+    # the label-word study of Gao et al. 2021: label_words=[terrible,great]
+    label_words: list[str] | None = None
     # rerun a cell whose metrics.json exists
     overwrite: bool = False
     # where the run writes; the CLI sets it to Hydra's output folder

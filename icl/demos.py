@@ -6,7 +6,9 @@ example gets a fresh set — never on the label setting, so settings differ only
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +17,11 @@ from icl.config import LABEL_SETTINGS, SAMPLING_RULES
 from icl.errors import ICLError, unknown_name
 
 # independent random streams under one seed
-ORDER_STREAM, LABEL_STREAM, MAPPING_STREAM = 0, 1, 2
+ORDER_STREAM, LABEL_STREAM, MAPPING_STREAM, CORRECT_STREAM, OOD_STREAM, WORDS_STREAM = range(6)
+
+# settings that change what a demonstration shows, not which class it carries (gold)
+FORMAT_SETTINGS = ("ood_inputs", "random_words", "no_labels", "labels_only")
+_CORRECT = re.compile(r"correct_(\d+)")
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,8 @@ class DemoSet:
     indices: list[int]
     gold: list[int]
     shown: list[int]
+    # the inputs shown instead of the pool's (ood_inputs), one field dict per demonstration
+    inputs: list[dict[str, str]] | None = None
 
     @property
     def share_correct(self) -> float:
@@ -33,10 +41,25 @@ class DemoSet:
         return float(np.mean([g == s for g, s in zip(self.gold, self.shown)]))
 
 
+def correct_percent(setting: str) -> int | None:
+    """P of a ``correct_P`` setting (None for every other setting)."""
+    match = _CORRECT.fullmatch(setting)
+    return int(match.group(1)) if match else None
+
+
+def check_label_setting(setting: str) -> None:
+    percent = correct_percent(setting)
+    if percent is not None:
+        if percent > 100:
+            raise ICLError(f"demos.labels={setting}: P in correct_P must be 0 to 100")
+        return
+    if setting not in LABEL_SETTINGS or setting == "correct_P":
+        raise unknown_name("label setting", setting, LABEL_SETTINGS)
+
+
 def check_demo_request(pool_labels: list[int], n_classes: int, demos_cfg) -> None:
     """Fail before any model work when k cannot be drawn from the pool."""
-    if demos_cfg.labels not in LABEL_SETTINGS:
-        raise unknown_name("label setting", demos_cfg.labels, LABEL_SETTINGS)
+    check_label_setting(demos_cfg.labels)
     if demos_cfg.sampling not in SAMPLING_RULES:
         raise unknown_name("sampling rule", demos_cfg.sampling, SAMPLING_RULES)
     k = demos_cfg.k
@@ -92,17 +115,49 @@ def label_mapping(seed: int, n_classes: int) -> np.ndarray:
     return derangement(n_classes, np.random.default_rng([seed, MAPPING_STREAM]))
 
 
-def shown_labels(gold: list[int], setting: str, n_classes: int, seed: int, stream=()) -> list[int]:
-    """The class each demonstration is shown with under a label setting."""
-    if setting == "gold":
+def class_shares(pool_labels, n_classes: int) -> np.ndarray:
+    """Each class's share of the demonstration pool (the training label distribution)."""
+    counts = np.bincount(np.asarray(pool_labels, dtype=int), minlength=n_classes)
+    return counts / counts.sum()
+
+
+def partly_correct(gold: list[int], percent: int, n_classes: int, rng) -> list[int]:
+    """Exactly round(P% of k) demonstrations keep their gold class; the others get a wrong
+    class drawn uniformly from the remaining ones."""
+    k = len(gold)
+    keep = set(rng.choice(k, size=int(round(k * percent / 100)), replace=False).tolist())
+    # an offset in 1..n-1 added modulo n is uniform over the other classes
+    offsets = rng.integers(1, n_classes, size=k) if n_classes > 1 else np.zeros(k, dtype=int)
+    return [g if i in keep else int((g + offsets[i]) % n_classes) for i, g in enumerate(gold)]
+
+
+def shown_labels(
+    gold: list[int], setting: str, n_classes: int, seed: int, stream=(), class_share=None
+) -> list[int]:
+    """The class each demonstration is shown with under a label setting.
+
+    ``gold`` is the whole seeded order of the pool (or its first k for correct_P), and each
+    random setting makes one draw per position, so nested k keep their labels.
+    """
+    if setting == "gold" or setting in FORMAT_SETTINGS:
         return list(gold)
     if setting == "random":
-        # one draw per position of the order, so nested k keep their labels
         rng = np.random.default_rng([seed, LABEL_STREAM, *stream])
         return rng.integers(0, n_classes, size=len(gold)).tolist()
+    if setting == "random_true_dist":
+        rng = np.random.default_rng([seed, LABEL_STREAM, *stream])
+        if class_share is None:
+            raise ValueError("random_true_dist needs the pool's class shares")
+        return rng.choice(n_classes, size=len(gold), p=class_share).tolist()
     if setting == "permuted":
         mapping = label_mapping(seed, n_classes)
         return [int(mapping[g]) for g in gold]
+    percent = correct_percent(setting)
+    if percent is not None:
+        if n_classes < 2 and percent < 100:
+            raise ICLError(f"demos.labels={setting} needs at least two classes")
+        rng = np.random.default_rng([seed, CORRECT_STREAM, *stream])
+        return partly_correct(list(gold), percent, n_classes, rng)
     raise unknown_name("label setting", setting, LABEL_SETTINGS)
 
 
@@ -115,7 +170,56 @@ def choose_demos(pool_labels, n_classes: int, demos_cfg, example_index: int | No
     order = demo_order(pool_labels, n_classes, demos_cfg.sampling, rng)
     indices = [int(i) for i in order[: demos_cfg.k]]
     gold = [int(pool_labels[i]) for i in indices]
-    all_shown = shown_labels(
-        [int(pool_labels[i]) for i in order], demos_cfg.labels, n_classes, demos_cfg.seed, stream
+    # correct_P fixes the share within the k shown; the other settings draw along the order
+    labelled = indices if correct_percent(demos_cfg.labels) is not None else order
+    shown = shown_labels(
+        [int(pool_labels[i]) for i in labelled],
+        demos_cfg.labels,
+        n_classes,
+        demos_cfg.seed,
+        stream,
+        class_shares(pool_labels, n_classes),
     )
-    return DemoSet(indices=indices, gold=gold, shown=all_shown[: demos_cfg.k])
+    return DemoSet(indices=indices, gold=gold, shown=shown[: demos_cfg.k])
+
+
+def similar_length_texts(targets: list[str], corpus: list[str], rng) -> list[str]:
+    """For each target in turn, an unused corpus text of the closest length (ties at random).
+
+    Picks are made in order, so the first j picks do not depend on how many follow (nested k).
+    """
+    if len(corpus) < len(targets):
+        raise ICLError(f"the OOD corpus has {len(corpus)} texts; {len(targets)} are needed")
+    order = rng.permutation(len(corpus))
+    lengths = np.array([len(corpus[i]) for i in order], dtype=float)
+    picked = []
+    for target in targets:
+        best = int(np.argmin(np.abs(lengths - len(target))))
+        picked.append(corpus[order[best]])
+        lengths[best] = np.inf
+    return picked
+
+
+def ood_inputs(inputs: list[dict[str, str]], corpus: list[str], seed: int, stream=()):
+    """Every field of every demonstration input replaced by an OOD text of similar length."""
+    rng = np.random.default_rng([seed, OOD_STREAM, *stream])
+    targets = [text for fields in inputs for text in fields.values()]
+    texts = iter(similar_length_texts(targets, corpus, rng))
+    return [{name: next(texts) for name in fields} for fields in inputs]
+
+
+@functools.lru_cache(maxsize=1)
+def english_words() -> tuple[str, ...]:
+    """Lower-case alphabetic words of GCIDE (the dictionary list of the english-words package,
+    the package Min et al. 2022 drew their random words from), 3 to 10 letters, sorted."""
+    from english_words import get_english_words_set
+
+    words = get_english_words_set(["gcide"], alpha=True, lower=True)
+    return tuple(sorted(w for w in words if w.isascii() and w.isalpha() and 3 <= len(w) <= 10))
+
+
+def random_label_words(n_classes: int, seed: int) -> list[str]:
+    """A fixed random English word per class for this seed (the random_words setting)."""
+    words = english_words()
+    rng = np.random.default_rng([seed, WORDS_STREAM])
+    return [words[i] for i in rng.choice(len(words), size=n_classes, replace=False)]

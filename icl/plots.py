@@ -86,3 +86,135 @@ def plot_accuracy_vs_k(
     fig.savefig(out, dpi=130)
     plt.close(fig)
     return out
+
+
+SETTING_COLOURS = {
+    "no demos": "#999999",
+    "gold": "#1b9e77",
+    "random": "#d95f02",
+    "random_true_dist": "#e6ab02",
+    "ood_inputs": "#7570b3",
+    "random_words": "#e7298a",
+    "no_labels": "#66a61e",
+    "labels_only": "#a6761d",
+}
+
+
+def _save(fig, out: Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return out
+
+
+def plot_setting_bars(table: pd.DataFrame, out: Path, settings: list[str], ylabel: str, title):
+    """Grouped bars (Min et al. 2022 Figure 3 form): a group per task, a bar per setting, with
+    ±1 std over seeds as error bars."""
+    tasks = list(dict.fromkeys(table["task"]))
+    settings = [s for s in settings if s in set(table["setting"])]
+    width = 0.8 / max(len(settings), 1)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(tasks) * max(1, len(settings) / 3), 3.8))
+    for j, setting in enumerate(settings):
+        rows = table[table["setting"] == setting].set_index("task").reindex(tasks)
+        xs = [i + (j - (len(settings) - 1) / 2) * width for i in range(len(tasks))]
+        ax.bar(
+            xs,
+            rows["mean"] * 100,
+            width,
+            yerr=rows["std"].fillna(0) * 100,
+            label=setting,
+            color=SETTING_COLOURS.get(setting),
+            capsize=2,
+            error_kw={"lw": 0.8},
+        )
+    ax.set_xticks(range(len(tasks)), tasks)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(
+        fontsize=7, ncol=min(len(settings), 4), loc="upper center", bbox_to_anchor=(0.5, -0.1)
+    )
+    return _save(fig, out)
+
+
+def plot_correct_percent(table: pd.DataFrame, zero: pd.DataFrame, out: Path, ylabel: str):
+    """Metric against the share of correct demonstration labels, a line per task, with the
+    zero-shot value of each task as a dotted line (Min et al. 2022, Figure 8 form)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for task, group in table.groupby("task", sort=True):
+        line = ax.errorbar(
+            group["percent"], group["mean"] * 100, yerr=group["std"] * 100, marker="o",
+            capsize=2, label=task,
+        )  # fmt: skip
+        base = zero[zero["task"] == task]["mean"]
+        if len(base):
+            ax.axhline(base.iloc[0] * 100, ls=":", lw=1, color=line[0].get_color())
+    ax.set_xticks([0, 25, 50, 75, 100])
+    ax.set_xlabel("demonstrations with the gold label (%)")
+    ax.set_ylabel(ylabel)
+    ax.set_title("share of correct labels, k=16 (dotted: no demonstrations)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def plot_perplexity_scatter(table: pd.DataFrame, stats: pd.DataFrame, out: Path, n_lowest=3):
+    """Accuracy against mean prompt perplexity, a panel per task, a point per template; the
+    lowest-perplexity templates are ringed, Spearman's rho and p in the title."""
+    panels = list(table.groupby(["task", "model"], sort=True))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    for ax, ((task, model), group) in zip(axes[0], panels):
+        row = stats[(stats["task"] == task) & (stats["model"] == model)].iloc[0]
+        ax.scatter(group["zero_shot_perplexity"], group["accuracy"] * 100, s=22)
+        low = group[group["perplexity_rank"] <= n_lowest]
+        ax.scatter(
+            low["zero_shot_perplexity"], low["accuracy"] * 100, s=90, facecolors="none",
+            edgecolors="red", label=f"{n_lowest} lowest perplexity",
+        )  # fmt: skip
+        for _, r in group.iterrows():
+            point = (r["zero_shot_perplexity"], r["accuracy"] * 100)
+            ax.annotate(r["template"], point, xytext=(2, 2), textcoords="offset points", fontsize=5)
+        ax.set_xscale("log")
+        ax.set_xlabel("mean prompt perplexity")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{task}: rho={row['spearman_rho']:.2f}, p={row['p_value']:.2g}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("accuracy against prompt perplexity, one point per template (k=0)", fontsize=10)
+    return _save(fig, out)
+
+
+def plot_shots_curve(shots: pd.DataFrame, ascent: pd.DataFrame, out: Path, ylabel: str):
+    """Metric against k with 95% intervals over seeds, a panel per task and a line per label
+    setting; the k=0 value is a dotted line and an early-ascent dip is marked with a triangle."""
+    tasks = sorted(shots["task"].unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        frame = shots[shots["task"] == task]
+        for labels, curve in frame.groupby("labels", sort=True):
+            colour = LABEL_COLOURS.get(labels)
+            ax.plot(curve["k"], curve["mean"] * 100, marker="o", ms=3, label=labels, color=colour)
+            ax.fill_between(
+                curve["k"], (curve["mean"] - curve["ci95"]) * 100,
+                (curve["mean"] + curve["ci95"]) * 100, alpha=0.2, color=colour,
+            )  # fmt: skip
+            dip = ascent[(ascent["task"] == task) & (ascent["labels"] == labels)]
+            if len(dip) and dip["dip_k"].notna().iloc[0]:
+                k = int(dip["dip_k"].iloc[0])
+                y = float(curve.loc[curve["k"] == k, "mean"].iloc[0]) * 100
+                ax.scatter([k], [y], marker="v", s=70, color=colour, zorder=5)
+        zero = frame.loc[frame["k"] == 0, "mean"]
+        if len(zero):
+            ax.axhline(zero.iloc[0] * 100, ls=":", lw=1, color="grey", label="k=0")
+        ks = sorted(frame["k"].unique())
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xticks(ks, [str(k) for k in ks], fontsize=7)
+        ax.set_xlabel("demonstrations k")
+        ax.set_ylabel(ylabel)
+        ax.set_title(task, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("accuracy against k, 95% intervals over seeds (▼: dip below k=0)", fontsize=10)
+    return _save(fig, out)

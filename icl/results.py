@@ -22,12 +22,14 @@ RULES_SUMMARY_STEM = "summary_rules"
 IDENTITY_COLUMNS = [
     "task",
     "template",
+    "label_words",
     "model",
     "k",
     "labels",
     "sampling",
     "per_example",
     "nested",
+    "ood_corpus",
     "n_test",
     "eval_seed",
     "engine",
@@ -160,7 +162,8 @@ def rule_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (run, rule): the rule's accuracy, macro-F1 and prediction shares.
 
     The long form of the rule columns, under the names the primary rule's metrics have
-    (``accuracy``, ``macro_f1``, ``prediction_share_<class>``) and ``scored_rule``.
+    (``accuracy``, ``macro_f1``, ``prediction_share_<class>``) and ``scored_rule``; runs with
+    no per-rule metrics give one row each, for their primary rule.
     """
     base = runs.drop(columns=rule_columns(runs))
     p_cf = runs[[c for c in runs.columns if c.startswith("p_cf_")]]
@@ -179,7 +182,8 @@ def rule_runs(runs: pd.DataFrame) -> pd.DataFrame:
         )
         frames.append(pd.concat([frame, p_cf[done]], axis=1))
     if not frames:
-        raise ValueError("no run holds per-rule metrics (metrics.json 'rules')")
+        # runs from before scoring.rules: each holds its one (primary) rule's metrics
+        return runs.assign(scored_rule=runs.get("rule", "direct"))
     order = {rule: i for i, rule in enumerate(SCORING_RULES)}
     long = pd.concat(frames, ignore_index=True)
     return long.sort_values(
@@ -234,31 +238,35 @@ def _mean_std(mean: float, std: float, scale: float = 100.0) -> str:
     return f"{scale * mean:.1f} ± {0.0 if pd.isna(std) else scale * std:.1f}"
 
 
-def format_rule_table(rule_seeds: pd.DataFrame) -> str:
+def rule_table(rule_seeds: pd.DataFrame) -> pd.DataFrame:
     """Accuracy (%) mean ± std over seeds per k (rows) and rule (columns): Zhao et al.'s Table 4."""
     frame = rule_seeds.copy()
     frame["cell"] = [_mean_std(m, s) for m, s in zip(frame["accuracy_mean"], frame["accuracy_std"])]
     index = [c for c in ["task", "model", "template", "labels", "n_test", "k"] if c in frame]
     table = frame.pivot_table(index=index, columns="scored_rule", values="cell", aggfunc="first")
-    return table[[r for r in SCORING_RULES if r in table.columns]].to_string()
+    table = table[[r for r in SCORING_RULES if r in table.columns]]
+    table.columns.name = None
+    return table
 
 
-def format_balance_table(rule_seeds: pd.DataFrame, rules=("direct", "calibrated")) -> str:
+def balance_table(rule_seeds: pd.DataFrame, rules=("direct", "calibrated")) -> pd.DataFrame:
     """Prediction shares per class (mean over seeds) per k for each of ``rules``, and p_cf."""
     frame = rule_seeds[rule_seeds["scored_rule"].isin(rules)]
     shares = [c for c in frame.columns if c.startswith("prediction_share_") and c.endswith("_mean")]
-    names = [c[len("prediction_share_") : -len("_mean")] for c in shares]
-    p_cf = [f"p_cf_{name}_mean" for name in names]
+    names = " / ".join(c[len("prediction_share_") : -len("_mean")] for c in shares)
+    p_cf = [f"p_cf_{c[len('prediction_share_') :]}" for c in shares]
     index = [c for c in ["task", "model", "template", "labels", "n_test", "k"] if c in frame]
-    columns = {}
-    for rule in rules:
-        ours = frame[frame["scored_rule"] == rule].set_index(index)
-        columns[f"{rule} predictions"] = ours[shares]
+    columns = {
+        f"{rule} predictions ({names})": frame[frame["scored_rule"] == rule].set_index(index)[
+            shares
+        ]
+        for rule in rules
+    }
     if all(c in frame for c in p_cf):
-        columns["p_cf"] = frame[frame["scored_rule"] == rules[-1]].set_index(index)[p_cf]
+        calibrated = frame[frame["scored_rule"] == rules[-1]].set_index(index)
+        columns[f"p_cf ({names})"] = calibrated[p_cf]
     cells = {
         label: values.apply(lambda row: " / ".join(f"{v:.2f}" for v in row), axis=1)
         for label, values in columns.items()
     }
-    table = pd.concat(cells, axis=1)
-    return f"shares of {' / '.join(names)}\n" + table.to_string()
+    return pd.concat(cells, axis=1)

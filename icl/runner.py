@@ -5,6 +5,7 @@ Everything that can be wrong with the input is checked in ``plan_cell``, before 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -18,9 +19,18 @@ import icl
 from icl import results, templates
 from icl.config import SCORING_ENGINES
 from icl.data import Example, Pools, load_pools, sample_test
-from icl.demos import DemoSet, check_demo_request, choose_demos, label_mapping
+from icl.demos import (
+    DemoSet,
+    check_demo_request,
+    choose_demos,
+    label_mapping,
+    ood_inputs,
+    random_label_words,
+)
 from icl.errors import ICLError, unknown_name
 from icl.lm import LanguageModel, ScoreRequest, load_language_model, score_requests
+from icl.lm.engines import check_batch_size, resolve_engine
+from icl.lm.loading import resolve_device
 from icl.metrics import accuracy, classification_metrics
 from icl.scoring import (
     EXTRA_PASSES,
@@ -47,6 +57,13 @@ class CellPlan:
     pool: list[Example]
     test: list[Example]
     demo_sets: list[DemoSet]  # one per test example (the same object when shared)
+    # labels=ood_inputs: the task whose texts replaced the demonstration inputs
+    ood_corpus: str | None = None
+
+
+def scoring_engine(cfg) -> str:
+    """The engine a cell runs: ``auto`` resolved for the device the model will load on."""
+    return resolve_engine(cfg.scoring.engine, resolve_device(cfg.model.device))
 
 
 @dataclass
@@ -60,6 +77,7 @@ def identity(cfg, template_name: str) -> dict:
     return {
         "task": cfg.task.name,
         "template": template_name,
+        "label_words": "/".join(cfg.label_words) if cfg.label_words else None,
         "model": cfg.model.name,
         "k": cfg.demos.k,
         "labels": cfg.demos.labels,
@@ -67,9 +85,10 @@ def identity(cfg, template_name: str) -> dict:
         "sampling": cfg.demos.sampling,
         "per_example": cfg.demos.per_example,
         "nested": cfg.demos.nested,
+        "ood_corpus": ood_corpus_name(cfg),
         "n_test": cfg.eval.n_test,
         "eval_seed": cfg.eval.seed,
-        "engine": cfg.scoring.engine,
+        "engine": scoring_engine(cfg),  # resolved, so a resumed sweep runs what it recorded
         "rule": cfg.scoring.rule,
         "extra_rules": list(cfg.scoring.rules),
         "content_free": list(cfg.scoring.content_free),
@@ -84,11 +103,20 @@ def plan_cell(cfg) -> CellPlan:
     if cfg.scoring.engine not in SCORING_ENGINES:
         raise unknown_name("scoring engine", cfg.scoring.engine, SCORING_ENGINES)
     check_rules(requested_rules(cfg.scoring.rule, cfg.scoring.rules))
+    check_batch_size(cfg.eval.batch_size)
     name, template = templates.select_template(cfg.task, cfg.template)
+    if cfg.label_words:
+        template = dataclasses.replace(template, label_words=list(cfg.label_words))
     templates.check_template(cfg.task, name, template)
     check_rule_prompts(cfg, name, template)
-    pools = cached_pools(cfg.task)
     n_classes = len(cfg.task.label_names)
+    if cfg.demos.labels == "random_words":
+        # demonstrations and options both use the seed's random words in place of the task's
+        template = dataclasses.replace(
+            template, label_words=random_label_words(n_classes, cfg.demos.seed)
+        )
+    corpus_task = ood_corpus_task(cfg)
+    pools = cached_pools(cfg.task)
     pool_labels = [ex.label for ex in pools.demos]
     check_demo_request(pool_labels, n_classes, cfg.demos)
     test = sample_test(pools.test, cfg.eval.n_test, cfg.eval.seed)
@@ -96,7 +124,70 @@ def plan_cell(cfg) -> CellPlan:
         demo_sets = [choose_demos(pool_labels, n_classes, cfg.demos, i) for i in range(len(test))]
     else:
         demo_sets = [choose_demos(pool_labels, n_classes, cfg.demos)] * len(test)
-    return CellPlan(cfg, name, template, pools.demos, test, demo_sets)
+    if corpus_task is not None:
+        corpus = corpus_texts(corpus_task)
+        demo_sets = with_ood_inputs(cfg, pools.demos, demo_sets, corpus)
+    return CellPlan(
+        cfg, name, template, pools.demos, test, demo_sets, corpus_task and corpus_task.name
+    )
+
+
+def ood_corpus_name(cfg) -> str | None:
+    if cfg.demos.labels != "ood_inputs" or cfg.demos.ood_task is None:
+        return None
+    return cfg.demos.ood_task.name
+
+
+def ood_corpus_task(cfg):
+    """The task whose texts replace the demonstration inputs (labels=ood_inputs only)."""
+    if cfg.demos.labels != "ood_inputs":
+        return None
+    corpus = cfg.demos.ood_task
+    if corpus is None:
+        raise ICLError(
+            "demos.labels=ood_inputs needs a corpus of other texts: choose one with "
+            "corpus@demos.ood_task=NAME (a task under conf/task)"
+        )
+    if corpus.name == cfg.task.name:
+        raise ICLError(
+            f"the OOD corpus of task {cfg.task.name!r} is the task itself; choose another "
+            f"with corpus@demos.ood_task=NAME"
+        )
+    return corpus
+
+
+def corpus_texts(corpus_task) -> list[str]:
+    """Every distinct text field of the corpus task's demonstration pool."""
+    pool = cached_pools(corpus_task).demos
+    texts = (ex.fields[f] for ex in pool for f in corpus_task.text_fields)
+    return sorted({t for t in texts if t})
+
+
+def with_ood_inputs(cfg, pool, demo_sets: list[DemoSet], corpus: list[str]) -> list[DemoSet]:
+    """Each demonstration set with its inputs replaced by OOD texts of similar length."""
+    replaced: dict[int, DemoSet] = {}
+    out = []
+    for i, demo_set in enumerate(demo_sets):
+        if id(demo_set) not in replaced:  # a shared set is replaced once
+            stream = [i + 1] if cfg.demos.per_example else []
+            inputs = [pool[j].fields for j in demo_set.indices]
+            new_inputs = ood_inputs(inputs, corpus, cfg.demos.seed, stream)
+            replaced[id(demo_set)] = dataclasses.replace(demo_set, inputs=new_inputs)
+        out.append(replaced[id(demo_set)])
+    return out
+
+
+def demo_pairs(plan: CellPlan, demo_set: DemoSet) -> list[tuple[dict | None, str | None]]:
+    """What each demonstration shows: its input fields and its label word (None when the
+    setting leaves that part out)."""
+    words = plan.template.label_words
+    inputs = demo_set.inputs or [plan.pool[i].fields for i in demo_set.indices]
+    pairs = [(fields, words[c]) for fields, c in zip(inputs, demo_set.shown)]
+    if plan.cfg.demos.labels == "no_labels":
+        return [(fields, None) for fields, _ in pairs]
+    if plan.cfg.demos.labels == "labels_only":
+        return [(None, word) for _, word in pairs]
+    return pairs
 
 
 def check_rule_prompts(cfg, template_name: str, template) -> None:
@@ -146,12 +237,6 @@ def build_prompt(lm, plan: CellPlan, demo_set: DemoSet, query: Example, options)
     )
 
 
-def demo_pairs(plan: CellPlan, demo_set: DemoSet) -> list[tuple[dict, str]]:
-    """Each demonstration's fields and the label word it is shown with, in prompt order."""
-    words = plan.template.label_words
-    return [(plan.pool[i].fields, words[c]) for i, c in zip(demo_set.indices, demo_set.shown)]
-
-
 def prompt_request(lm, template, demos, query_text: str, options) -> ScoreRequest:
     """The prompt tokenized as one string; the prefix is what the demonstration block covers."""
     prefix_ids, query_ids = lm.encode_split(templates.render_prefix(template, demos), query_text)
@@ -168,7 +253,7 @@ def zero_shot_perplexities(lm, plan: CellPlan) -> list[float]:
         prompt_request(lm, plan.template, [], templates.render_input(plan.template, ex.fields), ())
         for ex in plan.test
     ]
-    scored = score_requests(lm, requests, cfg.scoring.engine, cfg.eval.batch_size, True, False)
+    scored = score_requests(lm, requests, scoring_engine(cfg), cfg.eval.batch_size, True, False)
     return [perplexity(r.prefix_nll + r.query_nll, r.prefix_count + r.query_count) for r in scored]
 
 
@@ -247,7 +332,7 @@ def rule_inputs(lm, plan: CellPlan, dropped: list[int], options, rules) -> list[
         per_example = rule_requests(lm, plan, dropped, options, need)
         flat = [request for requests in per_example for request in requests]
         scored = iter(
-            score_requests(lm, flat, cfg.scoring.engine, cfg.eval.batch_size, False, False)
+            score_requests(lm, flat, scoring_engine(cfg), cfg.eval.batch_size, False, False)
         )
         sums = [[option_scores(next(scored).option_logprobs).sums for _ in r] for r in per_example]
         if need == "content_free":
@@ -301,7 +386,8 @@ def prediction_rows(plan: CellPlan, prompts, scored, zero_ppl, inputs=None) -> l
             {
                 "example_id": ex.id,
                 "demo_ids": [plan.pool[i].id for i in demo_set.indices][kept],
-                "demo_label_words": [words[c] for c in demo_set.shown][kept],
+                # what each demonstration showed as its label (None: no label shown)
+                "demo_label_words": [w for _, w in demo_pairs(plan, demo_set)][kept],
                 "demo_gold_words": [words[c] for c in demo_set.gold][kept],
                 "n_demos_dropped": prompt.n_dropped,
                 "option_logprob": dict(zip(names, scores.sums)),
@@ -361,6 +447,8 @@ def cell_metrics(plan: CellPlan, rows: list[dict]) -> dict:
     metrics["zero_shot_perplexity"] = float(np.mean([r["zero_shot_perplexity"] for r in rows]))
     if cfg.eval.kshot_perplexity:
         metrics["kshot_perplexity"] = float(np.mean([r["kshot_perplexity"] for r in rows]))
+    # the words the options were scored by (the template's, an override, or random words)
+    metrics["option_words"] = dict(zip(cfg.task.label_names, plan.template.label_words))
     if cfg.demos.labels == "permuted":
         mapping = label_mapping(cfg.demos.seed, len(cfg.task.label_names))
         metrics["label_mapping"] = {
@@ -376,6 +464,8 @@ def cell_metrics(plan: CellPlan, rows: list[dict]) -> dict:
 
 _MODELS: dict[str, LanguageModel] = {}
 _POOLS: dict[str, Pools] = {}
+# a task and the corpus its OOD demonstrations draw from, with room to spare
+POOLS_KEPT = 4
 
 
 def _config_key(node) -> str:
@@ -394,10 +484,11 @@ def cached_model(model_cfg) -> LanguageModel:
 
 
 def cached_pools(task_cfg) -> Pools:
-    """Load and check a task's rows once per process (one task kept)."""
+    """Load and check a task's rows once per process (the last few tasks kept)."""
     key = _config_key(task_cfg)
     if key not in _POOLS:
-        _POOLS.clear()
+        if len(_POOLS) >= POOLS_KEPT:
+            del _POOLS[next(iter(_POOLS))]
         _POOLS[key] = load_pools(task_cfg)
     return _POOLS[key]
 
@@ -420,7 +511,7 @@ def run_cell(cfg, load_model=cached_model) -> dict:
     scored = score_requests(
         lm,
         [p.request for p in prompts],
-        cfg.scoring.engine,
+        cell["engine"],
         cfg.eval.batch_size,
         cfg.eval.kshot_perplexity,
         cfg.eval.progress,

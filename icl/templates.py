@@ -54,11 +54,17 @@ def render_answer(template, word: str) -> str:
     return f"{template.answer_sep}{word}"
 
 
-def render_demo(template, fields: dict[str, str], word: str) -> str:
+def render_demo(template, fields: dict[str, str] | None, word: str | None) -> str:
+    """A demonstration: input and answer; only the input (no_labels) or only the label word
+    (labels_only) when the other part is None."""
+    if fields is None:
+        return word or ""
+    if word is None:
+        return render_input(template, fields)
     return render_input(template, fields) + render_answer(template, word)
 
 
-def render_prefix(template, demos: Sequence[tuple[dict[str, str], str]]) -> str:
+def render_prefix(template, demos: Sequence[tuple[dict[str, str] | None, str | None]]) -> str:
     """The instruction and the demonstrations, each followed by the separator."""
     head = template.instruction + template.demo_sep if template.instruction else ""
     return head + "".join(render_demo(template, f, w) + template.demo_sep for f, w in demos)
@@ -119,12 +125,19 @@ def render_channel_input(template, fields: dict[str, str]) -> str:
     return input_parts(template).fields.format(**fields)
 
 
-def render_channel_demo(template, fields: dict[str, str], word: str) -> str:
-    """A demonstration in channel order: label first, then input (Min et al. 2022)."""
+def render_channel_demo(template, fields: dict[str, str] | None, word: str | None) -> str:
+    """A demonstration in channel order: label first, then input (Min et al. 2022); only the
+    word (labels_only) or only the input (no_labels) when the other part is None."""
+    if fields is None:
+        return word or ""
+    if word is None:
+        return input_parts(template).lead + render_channel_input(template, fields)
     return render_channel_label(template, word) + render_channel_input(template, fields)
 
 
-def render_channel_prefix(template, demos: Sequence[tuple[dict[str, str], str]]) -> str:
+def render_channel_prefix(
+    template, demos: Sequence[tuple[dict[str, str] | None, str | None]]
+) -> str:
     """The instruction and the demonstrations in channel order, each followed by demo_sep."""
     head = template.instruction + template.demo_sep if template.instruction else ""
     return head + "".join(render_channel_demo(template, f, w) + template.demo_sep for f, w in demos)

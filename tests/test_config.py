@@ -78,6 +78,12 @@ def test_value_of_the_wrong_type_fails_at_compose_time(compose, override):
         compose(override)
 
 
+def test_batch_size_and_engine_default_to_auto_and_take_integers(compose):
+    defaults = OmegaConf.to_object(compose())
+    assert (defaults.eval.batch_size, defaults.scoring.engine) == ("auto", "auto")
+    assert OmegaConf.to_object(compose("eval.batch_size=64")).eval.batch_size == 64
+
+
 @pytest.mark.parametrize("override", ["+task.foo=1", "+demos.kk=3"])
 def test_appended_unknown_key_is_rejected(compose, override):
     # Hydra's '+' opens the struct flag; icl-run merges onto the schema before any work

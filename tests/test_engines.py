@@ -9,7 +9,18 @@ import torch
 from helpers import tiny_lm
 
 from icl.errors import ICLError
-from icl.lm.engines import ENGINES, ScoreRequest, score_requests
+from icl.lm import engines
+from icl.lm.engines import (
+    CPU_BATCH_SIZE,
+    ENGINES,
+    MAX_AUTO_BATCH_SIZE,
+    ScoreRequest,
+    auto_batch_size,
+    check_batch_size,
+    fit_batch_size,
+    resolve_engine,
+    score_requests,
+)
 
 TOL = 1e-4
 FAST_ENGINES = [e for e in ENGINES if e != "naive"]  # each is held to the naive reference
@@ -127,8 +138,9 @@ def test_engine_agrees_with_naive_on_options_without_prompt_nlls(lm, engine):
 
 
 @pytest.mark.parametrize("engine", FAST_ENGINES)
-def test_engine_agrees_with_naive_far_past_the_sliding_window(engine):
-    lm = tiny_lm("gemma3")
+@pytest.mark.parametrize("arch", ["gemma3", "gemma2"])  # gemma2: soft-capped attention scores
+def test_engine_agrees_with_naive_far_past_the_sliding_window(engine, arch):
+    lm = tiny_lm(arch)
     window = lm.model.config.sliding_window
     assert window == 8
     prefix = tuple(lm.bos + lm.encode("Review: " + "long demonstration text " * 6 + "\n\n"))
@@ -138,6 +150,19 @@ def test_engine_agrees_with_naive_far_past_the_sliding_window(engine):
     requests = [ScoreRequest(prefix, tuple(lm.encode(q)), options) for q in queries]
     for a, b in zip(score(lm, requests, engine, 2), score(lm, requests, "naive", 2)):
         assert_same_scores(a, b)
+
+
+def test_soft_capping_changes_the_tiny_gemma2_scores():
+    """The tiny gemma2's cap bites, so agreeing with naive there tests the capped path."""
+    lm = tiny_lm("gemma2")
+    assert lm.model.config.attn_logit_softcapping is not None
+    request = requests_for(lm, with_empty_prefix=False)[4]
+    capped = score(lm, [request], "prefix_shared")[0]
+    for layer in lm.model.model.layers:
+        layer.self_attn.attn_logit_softcapping = None
+    uncapped = score(lm, [request], "prefix_shared")[0]
+    pairs = zip(capped.option_logprobs[0], uncapped.option_logprobs[0])
+    assert max(abs(a - b) for a, b in pairs) > 1e-2
 
 
 def flatten(results) -> list[float]:
@@ -197,3 +222,89 @@ def test_unknown_engine_lists_the_valid_engines(lm):
         score(lm, [request], "turbo")
     for engine in ENGINES:
         assert engine in str(info.value)
+
+
+def test_auto_engine_is_prefix_shared_on_cuda_and_prefix_elsewhere():
+    assert resolve_engine("auto", torch.device("cuda")) == "prefix_shared"
+    assert resolve_engine("auto", "cuda:1") == "prefix_shared"
+    assert resolve_engine("auto", torch.device("cpu")) == "prefix"
+    for engine in ENGINES:
+        assert resolve_engine(engine, "cuda") == engine
+
+
+def test_auto_engine_and_batch_size_score_like_the_engine_they_stand_for(lm):
+    requests = requests_for(lm)
+    assert auto_batch_size(lm.model, [], None, 0, lm.device, "copy") == CPU_BATCH_SIZE
+    automatic = score(lm, requests, "auto", batch_size="auto")
+    assert flatten(automatic) == flatten(score(lm, requests, "prefix", CPU_BATCH_SIZE))
+
+
+@pytest.mark.parametrize("value", [0, -2, "big", True, 2.5, None])
+def test_invalid_batch_size_is_refused_with_what_is_accepted(value):
+    with pytest.raises(ICLError, match="positive integer or 'auto'"):
+        check_batch_size(value)
+
+
+def test_batch_size_fitting_free_memory_keeps_a_margin_and_a_cap():
+    mib = 2**20
+    assert fit_batch_size(100 * mib, 1 * mib) == 80
+    assert fit_batch_size(10 * mib, 64 * mib) == 1
+    assert fit_batch_size(2**40, 1 * mib) == MAX_AUTO_BATCH_SIZE
+
+
+def test_auto_batch_size_on_cuda_divides_free_memory_by_a_probe_rows_peak(monkeypatch):
+    """The CUDA branch with the device mocked: 4 MiB peak over a 2-row probe, 1 GiB free."""
+    mib = 2**20
+    allocated = {"now": 100 * mib, "peak": 100 * mib}
+    probed = []
+
+    def fake_run_batch(model, batch, *args):
+        probed.append([len(r.tokens) for r in batch])
+        allocated["peak"] = allocated["now"] + 4 * mib
+
+    fake = {
+        "synchronize": lambda device=None: None,
+        "reset_peak_memory_stats": lambda device=None: None,
+        "memory_allocated": lambda device=None: allocated["now"],
+        "max_memory_allocated": lambda device=None: allocated["peak"],
+        "memory_reserved": lambda device=None: allocated["now"] + 24 * mib,
+        "mem_get_info": lambda device=None: (1000 * mib, 80_000 * mib),
+    }
+    for name, function in fake.items():
+        monkeypatch.setattr(torch.cuda, name, function)
+    monkeypatch.setattr(engines, "run_batch", fake_run_batch)
+    rows = [engines.Row((1,) * n, [(0, 1, ("o", 0, 0, 0))]) for n in (5, 3, 9)]
+    rows.append(engines.Row((1,) * 20))  # a row nothing is read from is never run
+    size = auto_batch_size(None, rows, None, 10, torch.device("cuda"), "shared")
+    assert probed == [[3, 5, 9]]  # the widest rows, at most PROBE_ROWS of them
+    assert size == int((1000 + 24) * mib * engines.MEMORY_SHARE // (4 * mib / 3))
+
+
+def oom_above(limit: int, sizes: list[int]):
+    """A forward_suffix that runs out of memory on batches of more than ``limit`` rows."""
+    real = engines.forward_suffix
+
+    def forward(base, ids, *args):
+        sizes.append(ids.shape[0])
+        if ids.shape[0] > limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(base, ids, *args)
+
+    return forward
+
+
+@pytest.mark.parametrize("engine", FAST_ENGINES)
+def test_out_of_memory_halves_an_auto_batch_and_keeps_the_numbers(lm, engine, monkeypatch):
+    requests = requests_for(lm)
+    expected = flatten(score(lm, requests, engine, 4))
+    sizes: list[int] = []
+    monkeypatch.setattr(engines, "forward_suffix", oom_above(3, sizes))
+    assert flatten(score(lm, requests, engine, "auto")) == pytest.approx(expected, abs=1e-5)
+    # the first batch (up to 16 rows) fails, 16 halves to 8, 4 and 2, which is then kept
+    assert sizes[0] > 3 and sizes[1:4] == [8, 4, 2] and max(sizes[4:]) <= 2
+
+
+def test_out_of_memory_with_a_fixed_batch_size_is_raised(lm, monkeypatch):
+    monkeypatch.setattr(engines, "forward_suffix", oom_above(3, []))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        score(lm, requests_for(lm), "prefix", 8)

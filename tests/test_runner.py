@@ -6,9 +6,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from helpers import CountingLoader, fail_if_loaded, run_config, task_pools, tiny_lm
 
-from icl import results
+from icl import results, runner
 from icl.config import LABEL_SETTINGS, SCORING_ENGINES
 from icl.errors import ICLError
 from icl.runner import plan_cell, run_cell
@@ -111,6 +112,29 @@ def test_finished_cell_is_skipped_on_rerun_unless_overwrite(tmp_path):
     again = run_cell(run_config(*SMALL, "overwrite=true", out_dir=tmp_path), load_model=loader)
     assert loader.calls == 2
     assert again["accuracy"] == first["accuracy"]
+
+
+def test_auto_engine_is_recorded_resolved_and_resumes_an_explicit_run(tmp_path):
+    loader = CountingLoader()
+    explicit = run_cell(run_config(*SMALL, "scoring.engine=prefix", out_dir=tmp_path), loader)
+    assert explicit["engine"] == "prefix"  # what a run before the auto default recorded
+    resumed = run_cell(run_config(*SMALL, "scoring.engine=auto", out_dir=tmp_path), fail_if_loaded)
+    assert resumed == explicit and loader.calls == 1
+
+
+def test_auto_engine_names_prefix_shared_for_a_cuda_model(monkeypatch):
+    monkeypatch.setattr(runner, "resolve_device", lambda device: torch.device("cuda"))
+    cfg = run_config(*SMALL, "model.device=cuda")
+    assert runner.identity(cfg, "review")["engine"] == "prefix_shared"
+    cfg.scoring.engine = "prefix"
+    assert runner.identity(cfg, "review")["engine"] == "prefix"
+
+
+@pytest.mark.parametrize("value", ["many", "0"])
+def test_invalid_batch_size_fails_before_the_model(tmp_path, value):
+    cfg = run_config(*SMALL, f"eval.batch_size={value}", out_dir=tmp_path)
+    with pytest.raises(ICLError, match="positive integer or 'auto'"):
+        run_cell(cfg, load_model=fail_if_loaded)
 
 
 def test_a_different_cell_in_the_same_folder_is_not_skipped(tmp_path):

@@ -13,10 +13,9 @@ import torch
 from helpers import CountingLoader, fail_if_loaded, run_config, tiny_lm
 from test_cli import ok, run_script
 
-from icl import results, templates
+from icl import reports, results, templates
 from icl.config import SCORING_RULES
 from icl.errors import ICLError
-from icl.plots import plot_accuracy_vs_k
 from icl.runner import plan_cell, rescore_cell, rule_requests, run_cell
 from icl.scoring import (
     OptionScores,
@@ -96,6 +95,21 @@ def test_channel_demo_puts_the_answer_prefix_and_word_before_the_input(input_for
     assert templates.render_channel_demo(template, fields, "positive") == demo
     label = templates.render_channel_label(template, "positive")
     assert label + templates.render_channel_input(template, fields) == demo
+
+
+def test_channel_demo_leaves_out_a_missing_part_like_the_direct_one():
+    template = SimpleNamespace(
+        input="Review: {text}\nSentiment:", answer_sep=" ", instruction="", demo_sep="\n\n"
+    )
+    assert templates.render_channel_demo(template, None, "positive") == "positive"  # labels_only
+    assert templates.render_channel_demo(template, {"text": "a b"}, None) == "Review: a b"
+
+
+@pytest.mark.parametrize("labels", ["no_labels", "labels_only", "random_words"])
+def test_every_rule_runs_under_the_demonstration_variants(tmp_path, labels):
+    cfg = run_config(*SMALL, ALL_RULES, f"demos.labels={labels}", out_dir=tmp_path)
+    metrics = run_cell(cfg, load_model=CountingLoader())
+    assert set(metrics["rules"]) == set(SCORING_RULES)
 
 
 # --- each rule against a hand computation ----------------------------------------------------
@@ -303,21 +317,30 @@ def test_collected_rules_give_a_table_per_rule_and_a_figure(tmp_path):
     for _, row in long.iterrows():
         run = runs[runs["run_dir"] == row["run_dir"]].iloc[0]
         assert row["accuracy"] == run[f"{row['scored_rule']}_accuracy"]
-    table = results.format_rule_table(by_rule)
-    header = ["scored_rule", "direct", "direct_mean", "calibrated", "pmi"]
-    assert table.splitlines()[0].split() == header
-    balance = results.format_balance_table(by_rule).splitlines()
-    assert balance[0] == "shares of negative / positive"
-    assert balance[1].split() == ["direct", "predictions", "calibrated", "predictions", "p_cf"]
-    out = plot_accuracy_vs_k(long, tmp_path / "by_rule.png", by="scored_rule")
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = results.rule_table(by_rule)
+    assert list(table.columns) == ["direct", "direct_mean", "calibrated", "pmi"]
+    assert list(table.index.get_level_values("k")) == [0, 1]
+    balance = results.balance_table(by_rule)
+    assert list(balance.columns) == [
+        "direct predictions (negative / positive)",
+        "calibrated predictions (negative / positive)",
+        "p_cf (negative / positive)",
+    ]
+    text = reports.tables("rules", tmp_path)
+    assert "accuracy per scoring rule" in text and "p_cf (negative / positive)" in text
+    assert (tmp_path / "rules_accuracy.md").exists() and (tmp_path / "rules_balance.csv").exists()
+    (figure,) = reports.figures("rules", tmp_path)
+    assert figure.name == "accuracy_vs_k_by_rule.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow
 def test_quick_study_end_to_end_through_the_cli_on_smollm2(tmp_path):
     sweep = tmp_path / "sweep"
-    args = ("+experiment=scoring_rules_quick", "eval.n_test=6", "eval.progress=false")
-    ok(run_script("icl-run", *args, f"hydra.sweep.dir={sweep}", cwd=tmp_path))
+    # icl-study runs the quick sweep and writes the rules report (tables and figure)
+    args = ("scoring_rules", "--quick", "--dir", str(sweep), "eval.n_test=6", "eval.progress=false")
+    ok(run_script("icl-study", *args, cwd=tmp_path))
+    assert (sweep / "rules_accuracy.md").exists() and (sweep / "rules_balance.md").exists()
     cells = [json.loads(p.read_text()) for p in sweep.rglob(results.METRICS_FILE)]
     assert sorted((m["k"], m["seed"]) for m in cells) == [
         (k, s) for k in (0, 1, 4, 8) for s in (1, 2)
@@ -328,8 +351,12 @@ def test_quick_study_end_to_end_through_the_cli_on_smollm2(tmp_path):
             "negative",
             "positive",
         }
-    collected = ok(run_script("icl-collect", str(sweep), "--rescore", "direct_mean", cwd=tmp_path))
-    assert "accuracy (%) per rule" in collected.stdout and "before and after" in collected.stdout
+    collected = ok(
+        run_script("icl-collect", str(sweep), "--report", "rules", "--rescore", "direct_mean",
+                   cwd=tmp_path)
+    )  # fmt: skip
+    assert "accuracy per scoring rule" in collected.stdout
+    assert "before and after calibration" in collected.stdout
     assert len(pd.read_csv(sweep / "summary_rules.csv")) == 4 * len(SCORING_RULES)
-    ok(run_script("icl-plot", str(sweep), "--by", "rule", cwd=tmp_path))
+    ok(run_script("icl-plot", str(sweep), "--report", "rules", cwd=tmp_path))
     assert (sweep / "accuracy_vs_k_by_rule.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

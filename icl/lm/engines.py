@@ -8,22 +8,37 @@ Three engines compute the same numbers:
   a custom attention function (``prefix_attention``): no per-example copy of the prefix.
 - ``naive``: every (prefix + query + option) sequence is recomputed from scratch with the
   model's plain forward; the reference the tests hold the fast engine to.
+
+``auto`` picks ``prefix_shared`` on CUDA and ``prefix`` elsewhere (on CPU it is not slower);
+a batch size of ``auto`` fills free device memory, measured by a probe batch.
 """
 
 from __future__ import annotations
 
+import bisect
 import copy
 import dataclasses
 import inspect
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
+from icl.errors import ICLError, unknown_name
 from icl.lm.prefix_attention import prefix_from_cache, shared_prefix
 
+log = logging.getLogger(__name__)
+
 ENGINES = ("prefix", "prefix_shared", "naive")
+AUTO = "auto"
+# batch_size=auto: a fixed size off CUDA (CPU throughput is flat in it), else what fits free
+# memory, measured on PROBE_ROWS of the widest rows, leaving a margin, and at most the cap
+CPU_BATCH_SIZE = 16
+PROBE_ROWS = 32
+MEMORY_SHARE = 0.8
+MAX_AUTO_BATCH_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -66,18 +81,37 @@ def logits_from_hidden(model, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def to_device(values, device) -> torch.Tensor:
+    """Host integers as a device tensor, copied without waiting for queued device work."""
+    tensor = torch.tensor(values, dtype=torch.long)
+    if torch.device(device).type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def logprobs_at(
     model, hidden: torch.Tensor, rows: list[int], targets: list[int], chunk: int = 256
-) -> list[float]:
-    """log p(targets[i]) at hidden[rows[i]]; several reads may share a row of hidden states."""
-    rows_t = torch.tensor(rows, device=hidden.device)
-    targets_t = torch.tensor(targets, device=hidden.device)
+) -> torch.Tensor:
+    """log p(targets[i]) at hidden[rows[i]], on the device; several reads may share a row.
+
+    Reads are grouped by chunk on the host, so nothing here waits for the device.
+    """
     out = torch.empty(len(rows), dtype=torch.float32, device=hidden.device)
-    for start in range(0, hidden.shape[0], chunk):
-        logprobs = logits_from_hidden(model, hidden[start : start + chunk]).log_softmax(-1)
-        inside = (rows_t >= start) & (rows_t < start + chunk)
-        out[inside] = logprobs[rows_t[inside] - start, targets_t[inside]]
-    return out.tolist()
+    if not rows:
+        return out
+    order = sorted(range(len(rows)), key=rows.__getitem__)
+    sorted_rows = [rows[i] for i in order]
+    rows_t = to_device(sorted_rows, hidden.device)
+    targets_t = to_device([targets[i] for i in order], hidden.device)
+    parts, lo = [], 0
+    for start in range(0, sorted_rows[-1] + 1, chunk):
+        hi = bisect.bisect_left(sorted_rows, start + chunk, lo)
+        if hi > lo:
+            logprobs = logits_from_hidden(model, hidden[start : start + chunk]).log_softmax(-1)
+            parts.append(logprobs[rows_t[lo:hi] - start, targets_t[lo:hi]])
+        lo = hi
+    out[to_device(order, hidden.device)] = torch.cat(parts)
+    return out
 
 
 def expand_cache(cache, batch_size: int):
@@ -117,7 +151,9 @@ def build_rows(requests, indices, want_query: bool) -> list[Row]:
             full = req.query + option
             tokens = full[:-1] if option else req.query
             row = rows.setdefault(tokens, Row(tokens))
-            for pos in range(len(tokens)):
+            # only the first option's row reads the query; the others start at its last token
+            first = 0 if want_query and o == 0 else q - 1
+            for pos in range(first, len(tokens)):
                 target = pos + 1  # position pos predicts token pos + 1 of the full sequence
                 if target < q and want_query and o == 0:
                     row.reads.append((pos, full[target], ("q", i, target)))
@@ -139,6 +175,26 @@ def forward_suffix(base, ids, positions, cache, prefix_len: int, attention: str)
     ).last_hidden_state
 
 
+def run_batch(model, batch: list[Row], cache, prefix_len: int, device, attention: str):
+    """The reads of one batch of rows: their keys and their log-probs, still on the device."""
+    width = max(len(r.tokens) for r in batch)
+    ids = to_device([row.tokens + (0,) * (width - len(row.tokens)) for row in batch], device)
+    # right padding: causal attention keeps pads out of every real position, no mask needed
+    positions = (prefix_len + torch.arange(width, device=device)).expand(len(batch), -1)
+    hidden = forward_suffix(model.base_model, ids, positions, cache, prefix_len, attention)
+    # each read position goes through the vocabulary head once, whatever it is read for
+    slots: dict[tuple[int, int], int] = {}
+    slot_of, targets, keys = [], [], []
+    for b, row in enumerate(batch):
+        for pos, target, key in row.reads:
+            slot_of.append(slots.setdefault((b, pos), len(slots)))
+            targets.append(target)
+            keys.append(key)
+    b_idx, p_idx = zip(*slots)
+    chosen = hidden[to_device(b_idx, device), to_device(p_idx, device)]
+    return keys, logprobs_at(model, chosen, slot_of, targets)
+
+
 def run_rows(
     model,
     rows: list[Row],
@@ -148,34 +204,72 @@ def run_rows(
     device,
     sink,
     attention: str = "copy",
-):
-    """Forward rows in length-sorted batches over the (optional) prefix cache."""
-    base = model.base_model
-    order = sorted(range(len(rows)), key=lambda r: len(rows[r].tokens))
-    for start in range(0, len(order), batch_size):
-        batch = [rows[r] for r in order[start : start + batch_size] if rows[r].reads]
-        if not batch:
+    shrink: bool = False,
+) -> int:
+    """Forward rows in length-sorted batches over the (optional) prefix cache.
+
+    The log-probs stay on the device until every batch is queued, so the host prepares the
+    next batch while the device runs this one. With ``shrink``, a batch that runs out of
+    device memory is halved and retried. Returns the batch size that worked.
+    """
+    order = sorted((r for r in rows if r.reads), key=lambda r: len(r.tokens))
+    done: list[tuple[list, torch.Tensor]] = []
+    start = 0
+    while start < len(order):
+        batch = order[start : start + batch_size]
+        try:
+            done.append(run_batch(model, batch, cache, prefix_len, device, attention))
+        except torch.cuda.OutOfMemoryError:
+            if not shrink or batch_size == 1:
+                raise
+        else:
+            start += len(batch)
             continue
-        width = max(len(r.tokens) for r in batch)
-        ids = torch.tensor([row.tokens + (0,) * (width - len(row.tokens)) for row in batch])
-        # right padding: causal attention keeps pads out of every real position, no mask needed
-        positions = (prefix_len + torch.arange(width)).expand(len(batch), -1)
-        hidden = forward_suffix(
-            base, ids.to(device), positions.to(device), cache, prefix_len, attention
-        )
-        # each read position goes through the vocabulary head once, whatever it is read for
-        slots: dict[tuple[int, int], int] = {}
-        slot_of, targets, keys = [], [], []
-        for b, row in enumerate(batch):
-            for pos, target, key in row.reads:
-                slot_of.append(slots.setdefault((b, pos), len(slots)))
-                targets.append(target)
-                keys.append(key)
-        b_idx, p_idx = zip(*slots)
-        chosen = hidden[torch.tensor(b_idx, device=device), torch.tensor(p_idx, device=device)]
-        logprobs = logprobs_at(model, chosen, slot_of, targets)
-        for key, value in zip(keys, logprobs):
+        batch_size //= 2  # outside the handler, so the failed batch's tensors are released
+        log.warning("out of device memory: retrying with batch_size=%d", batch_size)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    if done:
+        values = torch.cat([v for _, v in done]).tolist()
+        keys = [key for batch_keys, _ in done for key in batch_keys]
+        for key, value in zip(keys, values):
             sink(key, value)
+    return batch_size
+
+
+def fit_batch_size(free_bytes: float, bytes_per_row: float, cap: int = MAX_AUTO_BATCH_SIZE) -> int:
+    """Rows per batch that fit a share of the free memory at the measured cost per row."""
+    fits = int(free_bytes * MEMORY_SHARE // max(bytes_per_row, 1.0))
+    return max(1, min(fits, cap))
+
+
+def auto_batch_size(model, rows: list[Row], cache, prefix_len: int, device, attention: str):
+    """batch_size=auto: CPU_BATCH_SIZE off CUDA; on CUDA, from a probe of the widest rows."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return CPU_BATCH_SIZE
+    probe = sorted((r for r in rows if r.reads), key=lambda r: len(r.tokens))[-PROBE_ROWS:]
+    if not probe:
+        return CPU_BATCH_SIZE
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    run_batch(model, probe, cache, prefix_len, device, attention)
+    torch.cuda.synchronize(device)
+    per_row = (torch.cuda.max_memory_allocated(device) - before) / len(probe)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    free = torch.cuda.mem_get_info(device)[0] + cached
+    size = fit_batch_size(free, per_row)
+    log.info(
+        "batch_size=auto: %d rows (probe: %.2f MiB per row of %d tokens after a %d-token "
+        "prefix; %.1f GiB free)",
+        size,
+        per_row / 2**20,
+        len(probe[-1].tokens),
+        prefix_len,
+        free / 2**30,
+    )
+    return size
 
 
 @torch.inference_mode()
@@ -190,7 +284,7 @@ def encode_prefix(model, prefix: tuple[int, ...], device, want_nll: bool):
     nll, count = 0.0, 0
     if want_nll and len(prefix) > 1:
         count = len(prefix) - 1
-        nll = -sum(logprobs_at(model, states[:-1], list(range(count)), list(prefix[1:])))
+        nll = -sum(logprobs_at(model, states[:-1], list(range(count)), list(prefix[1:])).tolist())
     next_logprobs = logits_from_hidden(model, states[-1:]).log_softmax(-1)[0]
     return cache, nll, count, next_logprobs
 
@@ -215,7 +309,7 @@ def _empty_results(requests) -> list[ScoreResult]:
 
 @torch.inference_mode()
 def score_prefix_reuse(
-    lm, requests, batch_size: int, want_query: bool, progress: bool, attention: str = "copy"
+    lm, requests, batch_size, want_query: bool, progress: bool, attention: str = "copy"
 ):
     """Encode each distinct prefix once and score its examples' suffixes over its cache."""
     results = _empty_results(requests)
@@ -223,15 +317,22 @@ def score_prefix_reuse(
     groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for i, req in enumerate(requests):
         groups[req.prefix].append(i)
+    auto = batch_size == AUTO
     bar = tqdm(total=len(requests), desc="scoring", unit="ex", disable=not progress)
     for prefix, indices in groups.items():
         cache, p_nll, p_count, next_lp = encode_prefix(lm.model, prefix, lm.device, want_query)
         for i in indices:
             results[i].prefix_nll, results[i].prefix_count = p_nll, p_count
-            if want_query and next_lp is not None:
-                sink(("q", i, 0), next_lp[requests[i].query[0]].item())
+        if want_query and next_lp is not None:  # one transfer for the group's first tokens
+            firsts = next_lp[to_device([requests[i].query[0] for i in indices], lm.device)]
+            for i, value in zip(indices, firsts.tolist()):
+                sink(("q", i, 0), value)
         rows = build_rows(requests, indices, want_query)
-        run_rows(lm.model, rows, cache, len(prefix), batch_size, lm.device, sink, attention)
+        if batch_size == AUTO:  # measured once, on the first prefix; later ones may shrink it
+            batch_size = auto_batch_size(lm.model, rows, cache, len(prefix), lm.device, attention)
+        batch_size = run_rows(
+            lm.model, rows, cache, len(prefix), batch_size, lm.device, sink, attention, auto
+        )
         bar.update(len(indices))
     bar.close()
     return results
@@ -271,26 +372,43 @@ def score_naive(lm, requests, batch_size: int, want_query: bool, progress: bool)
     return results
 
 
+def resolve_engine(engine: str, device) -> str:
+    """The engine ``auto`` stands for on this device; other names are returned as they are."""
+    if engine != AUTO:
+        return engine
+    return "prefix_shared" if torch.device(device).type == "cuda" else "prefix"
+
+
+def check_batch_size(batch_size) -> int | str:
+    """A positive integer or ``auto``; anything else fails with what is accepted."""
+    if batch_size == AUTO or (
+        isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0
+    ):
+        return batch_size
+    raise ICLError(f"batch_size must be a positive integer or {AUTO!r}, not {batch_size!r}")
+
+
 def score_requests(
     lm,
     requests,
-    engine: str = "prefix",
-    batch_size: int = 16,
+    engine: str = AUTO,
+    batch_size: int | str = AUTO,
     want_query: bool = True,
     progress: bool = False,
 ) -> list[ScoreResult]:
     """Option log-probs (and prompt NLLs) for each request, by the chosen engine."""
     if any(not req.query for req in requests):
         raise ValueError("every request needs a non-empty query")
+    engine = resolve_engine(engine, lm.device)
     if engine not in ENGINES:
-        from icl.errors import unknown_name
-
-        raise unknown_name("scoring engine", engine, ENGINES)
+        raise unknown_name("scoring engine", engine, (AUTO, *ENGINES))
+    batch_size = check_batch_size(batch_size)
     memo = lm.memo.setdefault((engine, want_query), {})
     todo = list(dict.fromkeys(req for req in requests if req not in memo))
     if todo:
-        if engine == "naive":
-            scored = score_naive(lm, todo, batch_size, want_query, progress)
+        if engine == "naive":  # a batch holds one request's options
+            size = CPU_BATCH_SIZE if batch_size == AUTO else batch_size
+            scored = score_naive(lm, todo, size, want_query, progress)
         else:
             attention = "shared" if engine == "prefix_shared" else "copy"
             scored = score_prefix_reuse(lm, todo, batch_size, want_query, progress, attention)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-TINY_ARCHS = ("llama", "gemma3")
+TINY_ARCHS = ("llama", "gemma3", "gemma2")
 
 
 def byte_tokenizer():
@@ -28,7 +28,7 @@ def byte_tokenizer():
 
 
 def tiny_config(arch: str, vocab_size: int, sliding_window: int = 8):
-    from transformers import Gemma3TextConfig, LlamaConfig
+    from transformers import Gemma2Config, Gemma3TextConfig, LlamaConfig
 
     common = dict(
         vocab_size=vocab_size,
@@ -50,6 +50,18 @@ def tiny_config(arch: str, vocab_size: int, sliding_window: int = 8):
             head_dim=8,
             sliding_window=sliding_window,
             layer_types=["sliding_attention", "full_attention"],
+            **common,
+        )
+    if arch == "gemma2":
+        # soft-capped attention scores (and logits) on top of the sliding window
+        return Gemma2Config(
+            num_hidden_layers=2,
+            head_dim=8,
+            sliding_window=sliding_window,
+            layer_types=["sliding_attention", "full_attention"],
+            attn_logit_softcapping=5.0,
+            initializer_range=0.5,
+            final_logit_softcapping=30.0,
             **common,
         )
     raise ValueError(f"unknown tiny architecture {arch!r}; valid: {', '.join(TINY_ARCHS)}")
