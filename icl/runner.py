@@ -254,7 +254,14 @@ def zero_shot_perplexities(lm, plan: CellPlan) -> list[float]:
         for ex in plan.test
     ]
     scored = score_requests(lm, requests, scoring_engine(cfg), cfg.eval.batch_size, True, False)
-    return [perplexity(r.prefix_nll + r.query_nll, r.prefix_count + r.query_count) for r in scored]
+    return [prompt_perplexity(r) for r in scored]
+
+
+def prompt_perplexity(result) -> float:
+    """Perplexity of a scored prompt (prefix and query; the options are not part of it)."""
+    return perplexity(
+        result.prefix_nll + result.query_nll, result.prefix_count + result.query_count
+    )
 
 
 def domain_premise(cfg, template) -> str:
@@ -400,9 +407,7 @@ def prediction_rows(plan: CellPlan, prompts, scored, zero_ppl, inputs=None) -> l
                 "correct": pred == ex.label,
                 "prompt_tokens": len(prompt.request.prefix) + len(prompt.request.query),
                 "zero_shot_perplexity": zppl,
-                "kshot_perplexity": perplexity(
-                    result.prefix_nll + result.query_nll, result.prefix_count + result.query_count
-                )
+                "kshot_perplexity": prompt_perplexity(result)
                 if plan.cfg.eval.kshot_perplexity
                 else None,
                 **rule_fields(names, by_rule, extra),
@@ -507,19 +512,25 @@ def run_cell(cfg, load_model=cached_model) -> dict:
     lm = load_model(cfg.model)
     options = option_tokens(lm, plan.template)
     prompts = [build_prompt(lm, plan, d, ex, options) for d, ex in zip(plan.demo_sets, plan.test)]
+    # with no demonstrations the scored prompt is the zero-shot prompt: one pass gives both
+    zero_shot = all(not d.indices for d in plan.demo_sets)
     scoring_started = time.perf_counter()
     scored = score_requests(
         lm,
         [p.request for p in prompts],
         cell["engine"],
         cfg.eval.batch_size,
-        cfg.eval.kshot_perplexity,
+        cfg.eval.kshot_perplexity or zero_shot,
         cfg.eval.progress,
     )
     rules = requested_rules(cfg.scoring.rule, cfg.scoring.rules)
     inputs = rule_inputs(lm, plan, [p.n_dropped for p in prompts], options, rules)
     scoring_s = time.perf_counter() - scoring_started
-    rows = prediction_rows(plan, prompts, scored, zero_shot_perplexities(lm, plan), inputs)
+    if zero_shot:
+        zero_ppl = [prompt_perplexity(r) for r in scored]
+    else:
+        zero_ppl = zero_shot_perplexities(lm, plan)
+    rows = prediction_rows(plan, prompts, scored, zero_ppl, inputs)
     metrics = {**cell, **cell_metrics(plan, rows)}
     metrics.update(
         device=str(lm.device),

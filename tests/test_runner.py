@@ -187,6 +187,17 @@ def test_zero_shot_perplexity_equals_kshot_perplexity_at_k0(tmp_path):
         assert row["zero_shot_perplexity"] == pytest.approx(row["kshot_perplexity"], rel=1e-4)
 
 
+def test_zero_shot_perplexity_is_the_same_from_a_k0_pass_and_from_its_own_pass(tmp_path):
+    # at k=0 it comes from the scoring pass; with demonstrations, from a separate zero-shot pass
+    loader = CountingLoader(name="tiny-zero-shot-paths")
+    run_cell(run_config(*SMALL, "demos.k=0", out_dir=tmp_path / "k0"), load_model=loader)
+    run_cell(run_config(*SMALL, "demos.k=2", out_dir=tmp_path / "k2"), load_model=loader)
+    k0 = {r["example_id"]: r for r in results.read_predictions(tmp_path / "k0")}
+    for row in results.read_predictions(tmp_path / "k2"):
+        expected = k0[row["example_id"]]["zero_shot_perplexity"]
+        assert row["zero_shot_perplexity"] == pytest.approx(expected, rel=1e-4)
+
+
 def test_zero_shot_perplexity_belongs_to_the_model_that_ran(tmp_path):
     for seed in (0, 1):
         loader = CountingLoader(seed=seed, name="tiny-same-name")
