@@ -36,6 +36,14 @@ scoring-rules: venv
 scoring-rules-quick: venv
 	OMP_NUM_THREADS=$(THREADS) $(BIN)/icl-study scoring_rules --quick
 
+# any ready-made study (experiments/NAME): make study-min2022_labels, make quick-shots_curve;
+# extra icl-run overrides in ARGS, e.g. ARGS="model=gemma3-270m demos.seed=1,2,3"
+study-%: venv
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/icl-study $* $(ARGS)
+
+quick-%: venv
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/icl-study $* --quick $(ARGS)
+
 test: venv
 	$(BIN)/pytest -q
 

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on clusters and CI
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
 LABEL_COLOURS = {"gold": "#1b9e77", "random": "#d95f02", "permuted": "#7570b3"}
@@ -164,8 +165,12 @@ def plot_perplexity_scatter(table: pd.DataFrame, stats: pd.DataFrame, out: Path,
     """Accuracy against mean prompt perplexity, a panel per task, a point per template; the
     lowest-perplexity templates are ringed, Spearman's rho and p in the title."""
     panels = list(table.groupby(["task", "model"], sort=True))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
-    for ax, ((task, model), group) in zip(axes[0], panels):
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, ((task, model), group) in zip(axes.flat, panels):
         row = stats[(stats["task"] == task) & (stats["model"] == model)].iloc[0]
         ax.scatter(group["zero_shot_perplexity"], group["accuracy"] * 100, s=22)
         low = group[group["perplexity_rank"] <= n_lowest]
@@ -177,6 +182,10 @@ def plot_perplexity_scatter(table: pd.DataFrame, stats: pd.DataFrame, out: Path,
             point = (r["zero_shot_perplexity"], r["accuracy"] * 100)
             ax.annotate(r["template"], point, xytext=(2, 2), textcoords="offset points", fontsize=5)
         ax.set_xscale("log")
+        # ticks at 1, 2 and 5 of each decade, written plainly: a panel may span less than one
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("mean prompt perplexity")
         ax.set_ylabel("accuracy (%)")
         ax.set_title(f"{task}: rho={row['spearman_rho']:.2f}, p={row['p_value']:.2g}", fontsize=9)
