@@ -197,9 +197,11 @@ def plot_perplexity_scatter(table: pd.DataFrame, stats: pd.DataFrame, out: Path,
 
 def plot_shots_curve(shots: pd.DataFrame, ascent: pd.DataFrame, out: Path, ylabel: str):
     """Metric against k with 95% intervals over seeds, a panel per task and a line per label
-    setting; the k=0 value is a dotted line and an early-ascent dip is marked with a triangle."""
+    setting; the k=0 value is a dotted line, and an early-ascent dip (below k=0 before the
+    curve rises above it) is marked with a triangle."""
     tasks = sorted(shots["task"].unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    width = max(6.5, 4.4 * len(tasks))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(width, 4.0), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         frame = shots[shots["task"] == task]
         for labels, curve in frame.groupby("labels", sort=True):
@@ -207,23 +209,24 @@ def plot_shots_curve(shots: pd.DataFrame, ascent: pd.DataFrame, out: Path, ylabe
             ax.plot(curve["k"], curve["mean"] * 100, marker="o", ms=3, label=labels, color=colour)
             ax.fill_between(
                 curve["k"], (curve["mean"] - curve["ci95"]) * 100,
-                (curve["mean"] + curve["ci95"]) * 100, alpha=0.2, color=colour,
+                (curve["mean"] + curve["ci95"]) * 100, alpha=0.15, color=colour,
             )  # fmt: skip
             dip = ascent[(ascent["task"] == task) & (ascent["labels"] == labels)]
-            if len(dip) and dip["dip_k"].notna().iloc[0]:
-                k = int(dip["dip_k"].iloc[0])
+            if len(dip) and bool(dip["early_ascent"].iloc[0]):
+                k = int(dip["lowest_k"].iloc[0])
                 y = float(curve.loc[curve["k"] == k, "mean"].iloc[0]) * 100
-                ax.scatter([k], [y], marker="v", s=70, color=colour, zorder=5)
+                ax.scatter([k], [y], marker="v", s=80, color=colour, zorder=5)
         zero = frame.loc[frame["k"] == 0, "mean"]
         if len(zero):
             ax.axhline(zero.iloc[0] * 100, ls=":", lw=1, color="grey", label="k=0")
         ks = sorted(frame["k"].unique())
-        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xscale("symlog", linthresh=1, linscale=0.4)
         ax.set_xticks(ks, [str(k) for k in ks], fontsize=7)
+        ax.set_ylim(0, 100)
         ax.set_xlabel("demonstrations k")
         ax.set_ylabel(ylabel)
         ax.set_title(task, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("accuracy against k, 95% intervals over seeds (▼: dip below k=0)", fontsize=10)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("accuracy against k, 95% intervals over seeds (▼ early-ascent dip)", fontsize=10)
     return _save(fig, out)

@@ -227,23 +227,22 @@ def _interval_row(task, labels, k, values: pd.Series, student_t) -> dict:
 
 
 def early_ascent(curve: pd.DataFrame) -> dict:
-    """Where a curve (one task and label setting, sorted by k) dips below its k=0 value before
-    rising above it: the dip's k and depth, and the first k that beats zero-shot."""
+    """The early ascent of one curve (one task and label setting): its lowest point after k=0,
+    the first k that beats zero-shot, and whether the low point comes before that rise (a dip
+    below k=0 and then a rise above it, Lin & Lee 2024)."""
     curve = curve.sort_values("k")
     zero = float(curve.loc[curve["k"] == 0, "mean"].iloc[0])
     later = curve[curve["k"] > 0]
     above = later[later["mean"] > zero]
     first_above = int(above["k"].iloc[0]) if len(above) else None
-    before = later if first_above is None else later[later["k"] < first_above]
-    dip = before[before["mean"] < zero]
-    if dip.empty:
-        return {"zero_shot": zero, "dip_k": None, "dip": 0.0, "first_k_above": first_above}
-    lowest = dip.loc[dip["mean"].idxmin()]
+    lowest = later.loc[later["mean"].idxmin()] if len(later) else None
+    dips = lowest is not None and lowest["mean"] < zero
     return {
         "zero_shot": zero,
-        "dip_k": int(lowest["k"]),
-        "dip": float(lowest["mean"] - zero),
+        "lowest_k": int(lowest["k"]) if dips else None,
+        "lowest_minus_zero_shot": float(lowest["mean"] - zero) if dips else 0.0,
         "first_k_above": first_above,
+        "early_ascent": bool(dips and first_above is not None and lowest["k"] < first_above),
     }
 
 
@@ -252,7 +251,7 @@ def early_ascent_table(shots: pd.DataFrame) -> pd.DataFrame:
         {"task": task, "labels": labels, **early_ascent(curve)}
         for (task, labels), curve in shots.groupby(["task", "labels"])
     ]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).astype({"lowest_k": "Int64", "first_k_above": "Int64"})
 
 
 def markdown(frame: pd.DataFrame, index: bool = True, digits: int = 3) -> str:
@@ -268,7 +267,7 @@ def markdown(frame: pd.DataFrame, index: bool = True, digits: int = 3) -> str:
                 if abs(value) < 1e-3
                 else (f"{value:.{digits}f}")
             )
-        return "" if value is None else str(value)
+        return "" if value is None or value is pd.NA else str(value)
 
     header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"

@@ -64,9 +64,14 @@ def test_settings_table_names_zero_shot_no_demos_and_averages_seeds():
 def test_early_ascent_finds_the_dip_before_the_rise():
     curve = pd.DataFrame({"k": [0, 1, 2, 4, 8], "mean": [0.6, 0.55, 0.5, 0.58, 0.7]})
     found = studies.early_ascent(curve)
-    assert found == {"zero_shot": 0.6, "dip_k": 2, "dip": pytest.approx(-0.1), "first_k_above": 8}
-    rising = pd.DataFrame({"k": [0, 1, 2], "mean": [0.5, 0.6, 0.4]})
-    assert studies.early_ascent(rising)["dip_k"] is None  # a drop after the rise is no dip
+    assert found["lowest_k"] == 2 and found["first_k_above"] == 8 and found["early_ascent"]
+    assert found["lowest_minus_zero_shot"] == pytest.approx(-0.1)
+    never = pd.DataFrame({"k": [0, 1, 2], "mean": [0.6, 0.5, 0.55]})
+    assert studies.early_ascent(never)["early_ascent"] is False  # no rise above k=0
+    late = pd.DataFrame({"k": [0, 1, 2], "mean": [0.5, 0.6, 0.4]})
+    assert studies.early_ascent(late)["early_ascent"] is False  # the drop comes after the rise
+    flat = pd.DataFrame({"k": [0, 1], "mean": [0.5, 0.7]})
+    assert studies.early_ascent(flat)["lowest_k"] is None
 
 
 def test_shots_table_gives_t_intervals_and_starts_every_setting_at_k0():
