@@ -53,13 +53,15 @@ def start_script(name: str, *args: str, cwd: Path) -> subprocess.Popen:
     )
 
 
-def finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
-    stdout, stderr = proc.communicate(timeout=600)
+def finish(proc: subprocess.Popen, timeout: float = 600) -> subprocess.CompletedProcess:
+    stdout, stderr = proc.communicate(timeout=timeout)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
-def run_script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return finish(start_script(name, *args, cwd=cwd))
+def run_script(
+    name: str, *args: str, cwd: Path, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    return finish(start_script(name, *args, cwd=cwd), timeout)
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
