@@ -152,13 +152,7 @@ def plot(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", default="curve", choices=REPORTS, help="which study's figures")
     args = parser.parse_args(argv)
     try:
-        if args.report == "curve" and args.out is not None:
-            from icl.plots import plot_accuracy_vs_k
-            from icl.results import write_summary
-
-            paths = [plot_accuracy_vs_k(write_summary(args.dir)[0], args.out, args.metric)]
-        else:
-            paths = figures(args.report, args.dir, args.metric)
+        paths = figures(args.report, args.dir, args.metric, out=args.out)
     except (FileNotFoundError, ICLError) as err:
         parser.exit(2, f"icl-plot: error: {err}\n")
     for path in paths:
@@ -168,6 +162,7 @@ def plot(argv: list[str] | None = None) -> None:
 def study(argv: list[str] | None = None) -> None:
     """Entry point of ``icl-study NAME [--quick] [OVERRIDE ...]``: sweeps, tables, figures."""
     from icl.reports import figures, tables
+    from icl.results import write_summary
     from icl.studies import STUDIES, get_study, sweep_commands
 
     parser = argparse.ArgumentParser(
@@ -189,9 +184,10 @@ def study(argv: list[str] | None = None) -> None:
             command = [*command, f"hydra.sweep.dir={sweep_dir}"]
             print("icl-run " + " ".join(command), flush=True)
             subprocess.run([*ICL_RUN, *command], check=True)
+    runs = write_summary(root)[0]  # collected once for every report of the study
     for kind in chosen.reports:
-        print(tables(kind, root))
-        for path in figures(kind, root):
+        print(tables(kind, root, runs=runs))
+        for path in figures(kind, root, runs=runs):
             print(f"figure -> {path}")
     print(f"{args.name}: done in {time.perf_counter() - started:.0f} s -> {root}")
 

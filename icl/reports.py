@@ -41,10 +41,13 @@ def _write_table(root: Path, stem: str, frame: pd.DataFrame, index: bool = True)
     return text
 
 
-def tables(kind: str, root: Path) -> str:
-    """Write the tables of a report kind under root; return them as Markdown."""
+def tables(kind: str, root: Path, runs: pd.DataFrame | None = None) -> str:
+    """Write the tables of a report kind under root; return them as Markdown.
+
+    ``runs`` is the collected table of root's runs; without it they are collected here.
+    """
     root = Path(root)
-    runs = write_summary(root)[0]
+    runs = write_summary(root)[0] if runs is None else runs
     if kind == "curve":
         return format_table(summarise_seeds(runs))
     if kind == "labels":
@@ -84,13 +87,21 @@ def rules_tables(root: Path, runs: pd.DataFrame) -> str:
     return "".join(parts)
 
 
-def figures(kind: str, root: Path, metric: str = "accuracy") -> list[Path]:
-    """Draw the figures of a report kind into root; return their paths."""
+def figures(
+    kind: str,
+    root: Path,
+    metric: str = "accuracy",
+    out: Path | None = None,
+    runs: pd.DataFrame | None = None,
+) -> list[Path]:
+    """Draw the figures of a report kind into root (the curve into ``out`` when given); return
+    their paths. ``runs`` as for ``tables``."""
     root = Path(root)
-    runs = write_summary(root)[0]
+    runs = write_summary(root)[0] if runs is None else runs
     ylabel = METRIC_NAMES[metric]
     if kind == "curve":
-        return [plots.plot_accuracy_vs_k(runs, root / f"{metric}_vs_k.png", metric=metric)]
+        out = out or root / f"{metric}_vs_k.png"
+        return [plots.plot_accuracy_vs_k(runs, out, metric=metric)]
     if kind == "labels":
         # Min et al. report macro-F1 for classification; the figures follow them
         table = studies.settings_table(runs, "macro_f1")

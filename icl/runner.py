@@ -57,8 +57,6 @@ class CellPlan:
     pool: list[Example]
     test: list[Example]
     demo_sets: list[DemoSet]  # one per test example (the same object when shared)
-    # labels=ood_inputs: the task whose texts replaced the demonstration inputs
-    ood_corpus: str | None = None
 
 
 def scoring_engine(cfg) -> str:
@@ -127,9 +125,7 @@ def plan_cell(cfg) -> CellPlan:
     if corpus_task is not None:
         corpus = corpus_texts(corpus_task)
         demo_sets = with_ood_inputs(cfg, pools.demos, demo_sets, corpus)
-    return CellPlan(
-        cfg, name, template, pools.demos, test, demo_sets, corpus_task and corpus_task.name
-    )
+    return CellPlan(cfg, name, template, pools.demos, test, demo_sets)
 
 
 def ood_corpus_name(cfg) -> str | None:

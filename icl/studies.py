@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from icl.demos import correct_percent
 from icl.errors import unknown_name
 
 LOCAL_TASKS = ("sst2", "rotten_tomatoes", "agnews", "rte", "cb")
@@ -130,11 +131,11 @@ def correct_percent_table(runs: pd.DataFrame, metric: str = "macro_f1") -> pd.Da
 
 
 def correct_share(setting: str) -> float | None:
+    """The share of gold labels a setting shows: 100 for gold, P for correct_P, else None."""
     if setting == "gold":
         return 100.0
-    if setting.startswith("correct_"):
-        return float(setting.removeprefix("correct_"))
-    return None
+    percent = correct_percent(setting)
+    return None if percent is None else float(percent)
 
 
 def template_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -176,31 +177,34 @@ def gao_notation(label_words: str) -> str:
     return "/".join(reversed(label_words.split("/")))
 
 
-def label_words_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy mean (std) per label-word pair (rows) and k (columns), Gao et al. Table form."""
-    rows = []
-    for (words, k), group in runs.groupby(["label_words", "k"]):
-        mean, std, n = mean_std(group["accuracy"])
-        rows.append({"label words": gao_notation(words), "k": k, "cell": cell_text(mean, std)})
-    frame = pd.DataFrame(rows)
-    wide = frame.pivot(index="label words", columns="k", values="cell")
-    wide.columns = [f"k={k}" for k in wide.columns]
-    order = ["great/terrible", "good/bad", "cat/dog", "dog/cat", "terrible/great"]
-    present = [w for w in order if w in wide.index]
-    return wide.loc[present + [w for w in wide.index if w not in present]]
+# the rows of Gao et al.'s label-word table, in their order (positive/negative)
+GAO_ORDER = ["great/terrible", "good/bad", "cat/dog", "dog/cat", "terrible/great"]
 
 
 def label_words_bars(runs: pd.DataFrame) -> pd.DataFrame:
-    """The label-word table in the long form the bar chart draws: a group per pair, a bar per k."""
+    """Accuracy mean and std per label-word pair ("task": a bar group) and k ("setting")."""
     rows = []
     for (words, k), group in runs.groupby(["label_words", "k"]):
         mean, std, n = mean_std(group["accuracy"])
-        label = gao_notation(words)
-        rows.append({"task": label, "setting": f"k={k}", "mean": mean, "std": std, "n_seeds": n})
-    order = ["great/terrible", "good/bad", "cat/dog", "dog/cat", "terrible/great"]
+        pair = gao_notation(words)
+        rows.append(
+            {"task": pair, "setting": f"k={k}", "k": k, "mean": mean, "std": std, "n_seeds": n}
+        )
     frame = pd.DataFrame(rows)
-    frame["order"] = frame["task"].map(lambda w: order.index(w) if w in order else len(order))
-    return frame.sort_values(["order", "setting"]).drop(columns="order").reset_index(drop=True)
+    frame["order"] = frame["task"].map(
+        lambda w: GAO_ORDER.index(w) if w in GAO_ORDER else len(GAO_ORDER)
+    )
+    return frame.sort_values(["order", "k"]).drop(columns=["order", "k"]).reset_index(drop=True)
+
+
+def label_words_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy mean ± std per label-word pair (rows) and k (columns), Gao et al. Table form."""
+    bars = label_words_bars(runs)
+    cells = bars.assign(cell=[cell_text(m, s) for m, s in zip(bars["mean"], bars["std"])])
+    wide = cells.pivot(index="task", columns="setting", values="cell")
+    wide = wide.loc[list(dict.fromkeys(bars["task"])), list(dict.fromkeys(bars["setting"]))]
+    wide.index.name, wide.columns.name = "label words", None
+    return wide
 
 
 def shots_table(runs: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:

@@ -16,7 +16,7 @@ from icl.demos import (
     similar_length_texts,
 )
 from icl.errors import ICLError
-from icl.runner import demo_pairs, plan_cell, run_cell
+from icl.runner import demo_pairs, ood_corpus_name, plan_cell, run_cell
 
 SMALL = ("task=sst2", "model=tiny-llama", "eval.n_test=4")
 EVERY_SETTING = (
@@ -102,7 +102,7 @@ def test_correct_p_on_a_real_pool_flips_the_rest(percent):
 def test_ood_inputs_replace_every_input_with_a_corpus_text_of_similar_length():
     gold = plan("demos.k=8")
     ood = plan("demos.k=8", "demos.labels=ood_inputs")
-    assert ood.ood_corpus == "agnews"
+    assert ood_corpus_name(ood.cfg) == "agnews"
     demo_set, gold_set = ood.demo_sets[0], gold.demo_sets[0]
     assert demo_set.indices == gold_set.indices and demo_set.shown == gold_set.gold
     corpus = {t for ex in task_pools("agnews").demos for t in ex.fields.values()}
@@ -128,7 +128,7 @@ def test_ood_inputs_are_nested_across_k():
 def test_ood_corpus_can_be_chosen_and_must_differ_from_the_task(tmp_path):
     chosen = plan("demos.k=2", "demos.labels=ood_inputs", "corpus@demos.ood_task=rte")
     texts = {t for ex in task_pools("rte").demos for t in ex.fields.values()}
-    assert chosen.ood_corpus == "rte"
+    assert ood_corpus_name(chosen.cfg) == "rte"
     assert all(f["text"] in texts for f in chosen.demo_sets[0].inputs)
     cfg = run_config(
         *SMALL, "demos.k=2", "demos.labels=ood_inputs", "corpus@demos.ood_task=sst2",

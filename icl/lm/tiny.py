@@ -43,26 +43,23 @@ def tiny_config(arch: str, vocab_size: int, sliding_window: int = 8):
     )
     if arch == "llama":
         return LlamaConfig(num_hidden_layers=2, **common)
+    # one sliding-window layer and one global one, with a window prefixes can pass
+    windowed = dict(
+        num_hidden_layers=2,
+        head_dim=8,
+        sliding_window=sliding_window,
+        layer_types=["sliding_attention", "full_attention"],
+        **common,
+    )
     if arch == "gemma3":
-        # one sliding-window layer and one global one, with a window prefixes can pass
-        return Gemma3TextConfig(
-            num_hidden_layers=2,
-            head_dim=8,
-            sliding_window=sliding_window,
-            layer_types=["sliding_attention", "full_attention"],
-            **common,
-        )
+        return Gemma3TextConfig(**windowed)
     if arch == "gemma2":
         # soft-capped attention scores (and logits) on top of the sliding window
         return Gemma2Config(
-            num_hidden_layers=2,
-            head_dim=8,
-            sliding_window=sliding_window,
-            layer_types=["sliding_attention", "full_attention"],
             attn_logit_softcapping=5.0,
             initializer_range=0.5,
             final_logit_softcapping=30.0,
-            **common,
+            **windowed,
         )
     raise ValueError(f"unknown tiny architecture {arch!r}; valid: {', '.join(TINY_ARCHS)}")
 
