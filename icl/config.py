@@ -25,7 +25,7 @@ LABEL_SETTINGS = (
     "labels_only",
 )
 SAMPLING_RULES = ("uniform", "balanced")
-# auto: prefix_shared on CUDA, prefix elsewhere (cells record the engine it resolved to)
+# auto: prefix_shared on CPU and CUDA, prefix elsewhere (cells record the engine it resolved to)
 SCORING_ENGINES = ("auto", "prefix", "prefix_shared", "naive")
 SCORING_RULES = ("direct", "direct_mean", "channel", "calibrated", "pmi")
 LOGGERS = ("none", "wandb")

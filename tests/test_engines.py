@@ -20,6 +20,7 @@ from icl.lm.engines import (
     fit_batch_size,
     resolve_engine,
     score_requests,
+    shared_query_start,
 )
 
 TOL = 1e-4
@@ -152,6 +153,51 @@ def test_engine_agrees_with_naive_far_past_the_sliding_window(engine, arch):
         assert_same_scores(a, b)
 
 
+SHARED_START_QUERIES = [
+    "Review: dull\nSentiment:",
+    "Review: a film that never ends\nSentiment:",
+    "Review: ok\nSentiment:",
+]
+
+
+def test_shared_query_start_leaves_every_query_its_last_token():
+    assert shared_query_start([(1, 2, 3), (1, 2, 4)]) == 2
+    assert shared_query_start([(1, 2), (1, 2, 3)]) == 1
+    assert shared_query_start([(5,), (5,)]) == 0
+    assert shared_query_start([(1, 2, 3)]) == 2
+    assert shared_query_start([(1, 2), (3, 2)]) == 0
+
+
+@pytest.mark.parametrize("engine", FAST_ENGINES)
+@pytest.mark.parametrize("prefix_text", [None, "", "Review: fine\nSentiment: positive\n\n"])
+def test_queries_sharing_their_start_score_like_naive(lm, engine, prefix_text):
+    """The shared start moves into the prefix; prefix and query NLLs still split as before."""
+    prefix = () if prefix_text is None else tuple(lm.bos + lm.encode(prefix_text))
+    options = tuple(tuple(lm.encode(t)) for t in OPTION_TEXTS)
+    requests = [ScoreRequest(prefix, tuple(lm.encode(q)), options) for q in SHARED_START_QUERIES]
+    assert shared_query_start([r.query for r in requests]) == len("Review: ")
+    for a, b in zip(score(lm, requests, engine), score(lm, requests, "naive")):
+        assert_same_scores(a, b)
+
+
+@pytest.mark.parametrize("engine", FAST_ENGINES)
+def test_the_shared_query_start_runs_once_not_in_every_row(lm, engine, monkeypatch):
+    widths = []
+    forward = engines.forward_suffix
+
+    def recording(base, ids, positions, cache, prefix_len, attention):
+        widths.append((ids.shape[1], prefix_len, int(positions[0, 0])))
+        return forward(base, ids, positions, cache, prefix_len, attention)
+
+    monkeypatch.setattr(engines, "forward_suffix", recording)
+    prefix = tuple(lm.bos)
+    queries = [tuple(lm.encode(q)) for q in SHARED_START_QUERIES]
+    requests = [ScoreRequest(prefix, q, ((1,), (2,))) for q in queries]
+    score(lm, requests, engine, batch_size=8, want_query=False)
+    shared = len("Review: ")
+    assert widths == [(max(len(q) for q in queries) - shared, 1 + shared, 1 + shared)]
+
+
 def test_soft_capping_changes_the_tiny_gemma2_scores():
     """The tiny gemma2's cap bites, so agreeing with naive there tests the capped path."""
     lm = tiny_lm("gemma2")
@@ -224,10 +270,11 @@ def test_unknown_engine_lists_the_valid_engines(lm):
         assert engine in str(info.value)
 
 
-def test_auto_engine_is_prefix_shared_on_cuda_and_prefix_elsewhere():
+def test_auto_engine_is_prefix_shared_where_fused_kernels_exist_and_prefix_elsewhere():
     assert resolve_engine("auto", torch.device("cuda")) == "prefix_shared"
     assert resolve_engine("auto", "cuda:1") == "prefix_shared"
-    assert resolve_engine("auto", torch.device("cpu")) == "prefix"
+    assert resolve_engine("auto", torch.device("cpu")) == "prefix_shared"
+    assert resolve_engine("auto", "mps") == "prefix"
     for engine in ENGINES:
         assert resolve_engine(engine, "cuda") == engine
 
@@ -236,7 +283,7 @@ def test_auto_engine_and_batch_size_score_like_the_engine_they_stand_for(lm):
     requests = requests_for(lm)
     assert auto_batch_size(lm.model, [], None, 0, lm.device, "copy") == CPU_BATCH_SIZE
     automatic = score(lm, requests, "auto", batch_size="auto")
-    assert flatten(automatic) == flatten(score(lm, requests, "prefix", CPU_BATCH_SIZE))
+    assert flatten(automatic) == flatten(score(lm, requests, "prefix_shared", CPU_BATCH_SIZE))
 
 
 @pytest.mark.parametrize("value", [0, -2, "big", True, 2.5, None])

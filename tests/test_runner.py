@@ -116,8 +116,10 @@ def test_finished_cell_is_skipped_on_rerun_unless_overwrite(tmp_path):
 
 def test_auto_engine_is_recorded_resolved_and_resumes_an_explicit_run(tmp_path):
     loader = CountingLoader()
-    explicit = run_cell(run_config(*SMALL, "scoring.engine=prefix", out_dir=tmp_path), loader)
-    assert explicit["engine"] == "prefix"  # what a run before the auto default recorded
+    explicit = run_cell(
+        run_config(*SMALL, "scoring.engine=prefix_shared", out_dir=tmp_path), loader
+    )
+    assert explicit["engine"] == "prefix_shared"  # what auto stands for on this CPU
     resumed = run_cell(run_config(*SMALL, "scoring.engine=auto", out_dir=tmp_path), fail_if_loaded)
     assert resumed == explicit and loader.calls == 1
 
