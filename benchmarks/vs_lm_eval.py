@@ -4,7 +4,8 @@
 One run, on one machine:
 
 1. icl scores SST-2 k-shot prompts (16 fixed demonstrations: the first 16 rows of the train
-   file) with its ``prefix`` engine and its ``naive`` engine, through ``icl.lm.score_requests``;
+   file) with the engine ``auto`` picks (``prefix_shared`` on CPU and CUDA), its ``prefix``
+   engine and its ``naive`` engine, through ``icl.lm.score_requests``;
 2. lm-evaluation-harness (``lm_eval.simple_evaluate``, HF model, ``first_n`` sampler) scores the
    same prompts from the same float folder that icl dequantised the SmolLM2 GGUF into;
 3. predictions and per-option log-probabilities are compared; speed, peak RSS, the model's raw
@@ -25,6 +26,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -152,14 +154,18 @@ def native_requests(lm, demos: list[dict], tests: list[dict]):
 
     from icl import runner
     from icl.data import Example
+    from icl.demos import DemoSet
 
     template = icl_template()
     pool = [
         Example(id=f"train-{i}", fields={"text": d["text"]}, label=d["label"])
         for i, d in enumerate(demos)
     ]
-    plan = SimpleNamespace(template=template, pool=pool)
-    demo_set = SimpleNamespace(indices=list(range(len(pool))), shown=[d.label for d in pool])
+    # the parts of a runner cell plan that prompt building reads: gold labels, pool order
+    cfg = SimpleNamespace(demos=SimpleNamespace(labels="gold"))
+    plan = SimpleNamespace(template=template, pool=pool, cfg=cfg)
+    gold = [d.label for d in pool]
+    demo_set = DemoSet(indices=list(range(len(pool))), gold=gold, shown=gold)
     options = runner.option_tokens(lm, template)
     prompts = []
     for i, t in enumerate(tests):
@@ -227,28 +233,42 @@ def matched_requests(lm, demos: list[dict], tests: list[dict]):
 
 
 def tokens_to_compute(requests) -> int:
-    """Forward positions a prefix-reusing scorer must run: each distinct prefix once, plus each
-    example's distinct rows (query + option minus its last token; one-token options share)."""
-    total = sum(len(p) for p in {r.prefix for r in requests})
+    """Forward positions a prefix-reusing scorer must run: each distinct prefix once with the
+    start its queries share, plus each example's distinct rows after that start (query + option
+    minus its last token; one-token options share)."""
+    from icl.lm.engines import shared_query_start
+
+    groups: dict[tuple, list] = {}
     for r in requests:
-        rows = {r.query + o[:-1] for o in r.options}
-        total += sum(len(x) for x in rows)
+        groups.setdefault(r.prefix, []).append(r)
+    total = 0
+    for prefix, members in groups.items():
+        shared = shared_query_start([r.query for r in members])
+        total += len(prefix) + shared
+        for r in members:
+            rows = {r.query[shared:] + o[:-1] for o in r.options}
+            total += sum(len(x) for x in rows)
     return total
 
 
-def score_timed(lm, requests, engine: str, batch_size: int, device: str):
+def score_timed(lm, requests, engine: str, batch_size: int, device: str, repeats: int = 1):
+    """Scores and the median wall time of ``repeats`` runs (a short run is easily disturbed
+    by a busy moment of the machine; lm-eval's one long run averages over minutes)."""
     from icl.lm import score_requests
 
     memo = getattr(lm, "memo", None)
-    if memo is not None:  # icl remembers scored requests per process: time the computation
-        memo.clear()
-    sync(device)
-    t0 = time.perf_counter()
-    results = score_requests(
-        lm, requests, engine=engine, batch_size=batch_size, want_query=False, progress=False
-    )
-    sync(device)
-    return results, time.perf_counter() - t0
+    times = []
+    for _ in range(max(repeats, 1)):
+        if memo is not None:  # icl remembers scored requests per process: time the computation
+            memo.clear()
+        sync(device)
+        t0 = time.perf_counter()
+        results = score_requests(
+            lm, requests, engine=engine, batch_size=batch_size, want_query=False, progress=False
+        )
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return results, statistics.median(times), times
 
 
 def summarise(results) -> dict:
@@ -284,11 +304,15 @@ def worker_icl(args) -> dict:
         else:
             requests, dropped = native_requests(lm, demos, tests)
         build_s = time.perf_counter() - t0
-        results, score_s = score_timed(lm, requests, args.engine, args.batch_size, args.device)
+        repeats = 1 if args.engine == "naive" else args.repeats
+        results, score_s, times = score_timed(
+            lm, requests, args.engine, args.batch_size, args.device, repeats
+        )
         out["variants"][variant] = {
             **summarise(results),
             "build_s": build_s,
             "score_s": score_s,
+            "score_times": times,
             "n": len(requests),
             "n_demos_dropped": dropped,
             "prefix_tokens": len(requests[0].prefix),
@@ -332,7 +356,8 @@ def worker_raw(args) -> dict:
 
 
 def worker_scaling(args) -> dict:
-    """icl prefix-engine examples/s for several k on one model, with icl's own prompt building."""
+    """icl examples/s (the engine auto picks) for several k on one model, with icl's own
+    prompt building."""
     data = json.loads(Path(args.spec).read_text())
     demos_all, tests = data["demos_all"], data["tests"]
     lm, load_s = load_icl_model(args, args.model)
@@ -341,13 +366,16 @@ def worker_scaling(args) -> dict:
         t0 = time.perf_counter()
         requests, dropped = native_requests(lm, demos_all[:k], tests)
         build_s = time.perf_counter() - t0
-        results, score_s = score_timed(lm, requests, "prefix", args.batch_size, args.device)
+        results, score_s, times = score_timed(
+            lm, requests, args.engine, args.batch_size, args.device, args.repeats
+        )
         rows.append(
             {
                 "k": k,
                 "n": len(requests),
                 "build_s": build_s,
                 "score_s": score_s,
+                "score_times": times,
                 "examples_per_s": len(requests) / score_s,
                 "prefix_tokens": len(requests[0].prefix),
                 "prompt_tokens_mean": sum(len(r.prefix) + len(r.query) for r in requests)
@@ -612,6 +640,7 @@ def md_table(header: list[str], rows: list[list]) -> str:
 
 def report(args, info, r) -> str:
     n = args.n_test
+    main = r["main"]
     parts = [f"# icl vs lm-evaluation-harness: SmolLM2-135M, SST-2, {args.k}-shot\n"]
     parts.append(f"Date: {info['date']}\n")
     mach = [
@@ -650,7 +679,7 @@ def report(args, info, r) -> str:
     if lm is not None:
         rows = []
         runs = [(f"icl {e}, lm-eval's tokens", e, "matched") for e in icl_rows]
-        runs.append(("icl prefix, icl's own tokenization", "prefix", "native"))
+        runs.append((f"icl {main}, icl's own tokenization", main, "native"))
         for label, variant, key in runs:
             c = r["compare"].get(f"{variant}/{key}")
             if c is None:
@@ -715,6 +744,7 @@ def report(args, info, r) -> str:
                 fmt(w["wall_s"], ".1f"),
                 fmt(w["rss_mib"], ".0f"),
                 fmt(w.get("peak_gpu_mib"), ".0f"),
+                ", ".join(fmt(t) for t in v.get("score_times", [v["score_s"]])),
             ]
         )
     if lm is not None:
@@ -728,6 +758,7 @@ def report(args, info, r) -> str:
                 fmt(lm["wall_s"], ".1f"),
                 fmt(lm["rss_mib"], ".0f"),
                 fmt(lm.get("peak_gpu_mib"), ".0f"),
+                fmt(lm["forward_s"]),
             ]
         )
     speed = "## Speed and memory\n\n" + md_table(
@@ -740,6 +771,7 @@ def report(args, info, r) -> str:
             "end-to-end s (subprocess)",
             "peak RSS MiB",
             "peak GPU MiB",
+            "model-only s, each timed run",
         ],
         srows,
     )
@@ -749,22 +781,25 @@ def report(args, info, r) -> str:
         " lm-eval `_loglikelihood_tokens`. End-to-end = the worker subprocess from start to exit"
         " (imports, model load, data, scoring; lm-eval's also `simple_evaluate`'s task building"
         " and metrics). Peak RSS is each subprocess's own ru_maxrss (os.wait4). Every worker"
-        " runs one small warm-up forward after loading, outside all timings.\n"
+        " runs one small warm-up forward after loading, outside all timings. icl's fast engines"
+        f" score {args.repeats} times in their process and report the median run (a 10-second run"
+        " is easily disturbed by a busy moment; lm-eval's one run spans minutes); their"
+        " end-to-end time includes every run.\n"
     )
-    if lm is not None and "prefix" in icl_rows:
-        v = icl_rows["prefix"]["variants"]["matched"]
+    if lm is not None and main in icl_rows:
+        v = icl_rows[main]["variants"]["matched"]
         icl_eps = v["n"] / (v["build_s"] + v["score_s"])
         lm_eps = len(lm["samples"]) / lm["loglikelihood_s"]
         speed += (
-            f"\nicl prefix / lm-eval examples/s: **{icl_eps / lm_eps:.1f}x** (scoring); "
-            f"{lm['wall_s'] / icl_rows['prefix']['wall_s']:.1f}x end-to-end wall time "
-            f"(lm-eval / icl prefix).\n"
+            f"\nicl {main} / lm-eval examples/s: **{icl_eps / lm_eps:.1f}x** (scoring); "
+            f"{lm['wall_s'] / icl_rows[main]['wall_s']:.1f}x end-to-end wall time "
+            f"(lm-eval / icl {main}).\n"
         )
         speed += (
-            f"Model-only (forward passes) ratio icl prefix / lm-eval: "
+            f"Model-only (forward passes) ratio icl {main} / lm-eval: "
             f"{(v['n'] / v['score_s']) / (len(lm['samples']) / lm['forward_s']):.1f}x.\n"
         )
-        for engine in [e for e in icl_rows if e != "prefix"]:
+        for engine in [e for e in icl_rows if e != main]:
             w = icl_rows[engine]["variants"]["matched"]
             speed += (
                 f"icl {engine} / lm-eval examples/s: "
@@ -783,12 +818,12 @@ def report(args, info, r) -> str:
                 "100%",
             ]
         ]
-        if "prefix" in icl_rows:
-            v = icl_rows["prefix"]["variants"]["matched"]
+        if main in icl_rows:
+            v = icl_rows[main]["variants"]["matched"]
             rate = v["tokens_to_compute"] / v["score_s"]
             rr.append(
                 [
-                    "icl prefix (score_requests)",
+                    f"icl {main} (score_requests)",
                     f"{v['n']} examples",
                     f"{v['tokens_to_compute']}",
                     fmt(rate, ".0f"),
@@ -815,8 +850,9 @@ def report(args, info, r) -> str:
             + md_table(["what", "shape", "tokens computed", "tokens/s", "share of raw"], rr)
             + f"\n\nraw forward: `model(input_ids, logits_to_keep=1)` on random ids, best of "
             f"{len(raw['times'])} ({', '.join(f'{t:.2f}' for t in raw['times'])} s). icl's "
-            "tokens = the distinct prefix once + each example's distinct suffix rows (query + "
-            "option minus its last token); lm-eval's = one full sequence per example (one-token"
+            "tokens = the distinct prefix once, with the start its queries share, + each "
+            "example's distinct suffix rows after that start (query + option minus its last "
+            "token); lm-eval's = one full sequence per example (one-token"
             " options share one forward through its logits cache, only when the two options"
             " tokenize to one token each).\n"
         )
@@ -843,7 +879,7 @@ def report(args, info, r) -> str:
             for s in r["scaling"]
         )
         parts.append(
-            "## icl scaling (prefix engine, icl's own prompt building)\n\n"
+            f"## icl scaling ({main} engine, icl's own prompt building)\n\n"
             + md_table(
                 [
                     "model",
@@ -888,15 +924,18 @@ def parent(args) -> None:
         "loadavg": [os.getloadavg()[0]],
     }
     from icl.lm import ENGINES
+    from icl.lm.engines import resolve_engine
 
     engines = [e for e in args.engines.split(",") if e]
-    engines = ["prefix"] + [e for e in dict.fromkeys(engines) if e != "prefix"]
+    main = r["main"] = resolve_engine("auto", args.device)  # what an icl run uses by default
+    engines = [main] + [e for e in dict.fromkeys(engines) if e != main]
     if args.skip_naive:
         engines = [e for e in engines if e != "naive"]
     unknown = [e for e in engines if e not in ENGINES]
     if unknown:
         raise SystemExit(f"unknown icl engine(s) {unknown}; icl has {list(ENGINES)}")
     common = ["--device", args.device, "--dtype", args.dtype, "--batch-size", str(args.batch_size)]
+    common += ["--repeats", str(args.repeats)]
 
     with tempfile.TemporaryDirectory(prefix="icl-vs-lm-eval-") as tmp:
         tmp = Path(tmp)
@@ -926,12 +965,12 @@ def parent(args) -> None:
             )
         # icl's own prompt building, in a process of its own so the timings above stay clean
         native = run_child(
-            "icl prefix, icl's own prompts",
+            f"icl {main}, icl's own prompts",
             [
                 "--worker",
                 "icl",
                 "--engine",
-                "prefix",
+                main,
                 "--variant",
                 "native",
                 "--spec",
@@ -941,11 +980,11 @@ def parent(args) -> None:
             tmp / "icl_native.json",
             log,
         )
-        r["icl"]["prefix"]["variants"]["native"] = native["variants"]["native"]
+        r["icl"][main]["variants"]["native"] = native["variants"]["native"]
         for w in r["icl"].values():
             for v in w["variants"].values():
                 v["accuracy"] = accuracy(v["pred"], tests[: len(v["pred"])])
-        r["adds_bos"] = r["icl"]["prefix"]["adds_bos"]
+        r["adds_bos"] = r["icl"][main]["adds_bos"]
         if not (folder / "config.json").exists():
             raise SystemExit(f"icl did not leave a model folder at {folder}")
 
@@ -976,7 +1015,7 @@ def parent(args) -> None:
                 log,
             )
             lm_rows = r["lm_eval"]["samples"]
-            contexts = r["icl"]["prefix"]["contexts"]
+            contexts = r["icl"][main]["contexts"]
             r["compare"] = {}
             for engine, w in r["icl"].items():
                 for key, v in w["variants"].items():
@@ -1017,6 +1056,8 @@ def parent(args) -> None:
                             "scaling",
                             "--model",
                             model,
+                            "--engine",
+                            main,
                             "--ks",
                             args.ks,
                             "--spec",
@@ -1028,8 +1069,8 @@ def parent(args) -> None:
                     )
                 )
 
-    native = r["icl"]["prefix"]["variants"].get("native")
-    matched = r["icl"]["prefix"]["variants"]["matched"]
+    native = r["icl"][main]["variants"].get("native")
+    matched = r["icl"][main]["variants"]["matched"]
     if native is not None:
         same = sum(int(a == b) for a, b in zip(native["tokens"], matched["tokens"]))
         r["notes"].append(
@@ -1066,7 +1107,13 @@ def main(argv=None) -> None:
     p.add_argument(
         "--engines",
         default="prefix,naive",
-        help="icl engines to compare with lm-eval (prefix always runs)",
+        help="more icl engines to compare with lm-eval (the engine auto picks always runs)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="icl's fast engines: timed runs per measurement (the median is reported)",
     )
     p.add_argument("--skip-naive", action="store_true", help="skip icl's naive engine")
     p.add_argument(
