@@ -10,7 +10,7 @@ Three engines compute the same numbers:
   model's plain forward; the reference the tests hold the fast engine to.
 
 ``auto`` picks ``prefix_shared`` on CPU and CUDA, where it has fused kernels (on a quiet 2-core
-CPU, SmolLM2 at k=16: 1.7x ``prefix``; at k=32: 2.4x), and ``prefix`` elsewhere;
+CPU, SmolLM2 at k=16: 1.4-1.7x ``prefix``; at k=32: 2.4x), and ``prefix`` elsewhere;
 a batch size of ``auto`` fills free device memory, measured by a probe batch.
 """
 
