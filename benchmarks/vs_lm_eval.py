@@ -149,10 +149,10 @@ def load_icl_model(args, name: str = "smollm2-135m"):
 
 
 def native_requests(lm, demos: list[dict], tests: list[dict]):
-    """The requests icl's runner builds: ``runner.option_tokens`` and ``runner.build_prompt``."""
+    """The requests icl's runner builds: ``prompts.option_tokens`` and ``prompts.build_prompt``."""
     from types import SimpleNamespace
 
-    from icl import runner
+    from icl import prompts
     from icl.data import Example
     from icl.demos import DemoSet
 
@@ -166,13 +166,13 @@ def native_requests(lm, demos: list[dict], tests: list[dict]):
     plan = SimpleNamespace(template=template, pool=pool, cfg=cfg)
     gold = [d.label for d in pool]
     demo_set = DemoSet(indices=list(range(len(pool))), gold=gold, shown=gold)
-    options = runner.option_tokens(lm, template)
-    prompts = []
+    options = prompts.option_tokens(lm, template)
+    built = []
     for i, t in enumerate(tests):
         query = Example(id=f"test-{i}", fields={"text": t["text"]}, label=t["label"])
-        prompts.append(runner.build_prompt(lm, plan, demo_set, query, options))
-    dropped = sum(p.n_dropped for p in prompts)
-    return [p.request for p in prompts], dropped
+        built.append(prompts.build_prompt(lm, plan, demo_set, query, options))
+    dropped = sum(p.n_dropped for p in built)
+    return [p.request for p in built], dropped
 
 
 def prompt_texts(demos: list[dict], tests: list[dict]) -> list[str]:
@@ -794,7 +794,7 @@ def report(args, info, r) -> str:
     )
     speed += (
         "\n\nRows: icl's own prompts = the ScoreRequests icl's runner builds"
-        " (`runner.build_prompt`: one tokenization of each prompt, split where the"
+        " (`icl.prompts.build_prompt`: one tokenization of each prompt, split where the"
         " demonstrations end; the same token ids"
         " as lm-eval's, see the agreement table); lm-eval's tokens = requests rebuilt from"
         " lm-eval's tokenization (context, and context + each option, tokenized per example, as"
@@ -1106,7 +1106,7 @@ def parent(args) -> None:
     if native is not None:
         same = sum(int(a == b) for a, b in zip(native["tokens"], matched["tokens"]))
         r["notes"].append(
-            f"icl's own prompt building (runner.option_tokens + runner.build_prompt) gives the "
+            f"icl's own prompt building (prompts.option_tokens + prompts.build_prompt) gives the "
             f"same token ids as lm-eval's whole-context tokenization for {same}/{len(tests)} "
             f"examples (prefix {native['prefix_tokens']} tokens there, {matched['prefix_tokens']}"
             f' here: the matched prefix stops before the last "\\n\\n").'

@@ -9,7 +9,6 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,19 +27,34 @@ from icl.demos import (
     random_label_words,
 )
 from icl.errors import ICLError, unknown_name
-from icl.lm import LanguageModel, ScoreRequest, load_language_model, score_requests
+from icl.lm import LanguageModel, load_language_model, score_requests
 from icl.lm.engines import check_batch_size, resolve_engine
 from icl.lm.loading import resolve_device
 from icl.metrics import accuracy, classification_metrics
+from icl.prompts import (
+    build_prompt,
+    content_free_texts,
+    demo_pairs,
+    domain_premise,
+    option_tokens,
+    prompt_perplexity,
+    prompt_request,
+)
+from icl.rule_passes import (
+    INPUT_KEYS,
+    mean_p_cf,
+    rule_fields,
+    rule_inputs,
+    rule_metrics,
+    rule_predictions,
+    stored_inputs,
+    stored_scores,
+)
 from icl.scoring import (
     EXTRA_PASSES,
-    OptionScores,
     RuleInputs,
     check_rules,
-    content_free_probs,
     option_scores,
-    perplexity,
-    predict,
     requested_rules,
 )
 
@@ -62,12 +76,6 @@ class CellPlan:
 def scoring_engine(cfg) -> str:
     """The engine a cell runs: ``auto`` resolved for the device the model will load on."""
     return resolve_engine(cfg.scoring.engine, resolve_device(cfg.model.device))
-
-
-@dataclass
-class Prompt:
-    request: ScoreRequest
-    n_dropped: int
 
 
 def identity(cfg, template_name: str) -> dict:
@@ -173,19 +181,6 @@ def with_ood_inputs(cfg, pool, demo_sets: list[DemoSet], corpus: list[str]) -> l
     return out
 
 
-def demo_pairs(plan: CellPlan, demo_set: DemoSet) -> list[tuple[dict | None, str | None]]:
-    """What each demonstration shows: its input fields and its label word (None when the
-    setting leaves that part out)."""
-    words = plan.template.label_words
-    inputs = demo_set.inputs or [plan.pool[i].fields for i in demo_set.indices]
-    pairs = [(fields, words[c]) for fields, c in zip(inputs, demo_set.shown)]
-    if plan.cfg.demos.labels == "no_labels":
-        return [(fields, None) for fields, _ in pairs]
-    if plan.cfg.demos.labels == "labels_only":
-        return [(None, word) for _, word in pairs]
-    return pairs
-
-
 def check_rule_prompts(cfg, template_name: str, template) -> None:
     """Fail before any model work when a rule's extra prompt would be empty."""
     rules = requested_rules(cfg.scoring.rule, cfg.scoring.rules)
@@ -205,40 +200,6 @@ def check_rule_prompts(cfg, template_name: str, template) -> None:
             )
 
 
-def option_tokens(lm: LanguageModel, template) -> tuple[tuple[int, ...], ...]:
-    """Each class's label word as tokens, with the separator the template implies."""
-    options = tuple(
-        tuple(lm.encode(templates.render_answer(template, w))) for w in template.label_words
-    )
-    if len(set(options)) < len(options):
-        raise ICLError(
-            f"label words {list(template.label_words)} collide after tokenization by "
-            f"{lm.name}; choose words that tokenize differently"
-        )
-    return options
-
-
-def build_prompt(lm, plan: CellPlan, demo_set: DemoSet, query: Example, options) -> Prompt:
-    """Token pieces of one prompt, dropping the earliest demonstrations until it fits."""
-    demos = demo_pairs(plan, demo_set)
-    query_text = templates.render_input(plan.template, query.fields)
-    longest_option = max(len(o) for o in options)
-    for dropped in range(len(demos) + 1):
-        request = prompt_request(lm, plan.template, demos[dropped:], query_text, options)
-        if len(request.prefix) + len(request.query) + longest_option <= lm.max_length:
-            return Prompt(request, dropped)
-    raise ICLError(
-        f"example {query.id} needs {len(request.prefix) + len(request.query) + longest_option} "
-        f"tokens even with no demonstrations, more than {lm.name}'s context of {lm.max_length}"
-    )
-
-
-def prompt_request(lm, template, demos, query_text: str, options) -> ScoreRequest:
-    """The prompt tokenized as one string; the prefix is what the demonstration block covers."""
-    prefix_ids, query_ids = lm.encode_split(templates.render_prefix(template, demos), query_text)
-    return ScoreRequest(tuple(lm.bos + prefix_ids), tuple(query_ids), options)
-
-
 def zero_shot_perplexities(lm, plan: CellPlan) -> list[float]:
     """Perplexity of each zero-shot prompt (instruction, template and input; no label).
 
@@ -251,125 +212,6 @@ def zero_shot_perplexities(lm, plan: CellPlan) -> list[float]:
     ]
     scored = score_requests(lm, requests, scoring_engine(cfg), cfg.eval.batch_size, True, False)
     return [prompt_perplexity(r) for r in scored]
-
-
-def prompt_perplexity(result) -> float:
-    """Perplexity of a scored prompt (prefix and query; the options are not part of it)."""
-    return perplexity(
-        result.prefix_nll + result.query_nll, result.prefix_count + result.query_count
-    )
-
-
-def domain_premise(cfg, template) -> str:
-    """pmi's premise: scoring.domain_premise, else the template's answer prefix ("Sentiment:")."""
-    if cfg.scoring.domain_premise is not None:
-        return cfg.scoring.domain_premise
-    return templates.domain_premise(template)
-
-
-def content_free_texts(cfg, template) -> list[str]:
-    """The template filled with each content-free input in every text field."""
-    return [
-        templates.render_input(template, dict.fromkeys(cfg.task.text_fields, text))
-        for text in cfg.scoring.content_free
-    ]
-
-
-def fitted(lm, make_request, demos: list, start: int) -> ScoreRequest:
-    """make_request(kept demonstrations), dropping the earliest (from ``start``) until it fits."""
-    for dropped in range(start, len(demos) + 1):
-        request = make_request(demos[dropped:])
-        longest = max((len(o) for o in request.options), default=0)
-        if len(request.prefix) + len(request.query) + longest <= lm.max_length:
-            return request
-    raise ICLError(
-        f"a scoring rule's extra prompt needs {len(request.prefix) + len(request.query) + longest} "
-        f"tokens even with no demonstrations, more than {lm.name}'s context of {lm.max_length}"
-    )
-
-
-def channel_request(lm, template, demos, word: str, fields: dict) -> ScoreRequest:
-    """Demonstrations in channel order, then the label word; the option scored is the input."""
-    prefix_text = templates.render_channel_prefix(template, demos)
-    label_text = templates.render_channel_label(template, word)
-    input_text = templates.render_channel_input(template, fields)
-    # one tokenization of the whole string, cut where the demonstrations and the label end
-    prefix_ids, _ = lm.encode_split(prefix_text, label_text + input_text)
-    head_ids, input_ids = lm.encode_split(prefix_text + label_text, input_text)
-    query_ids = head_ids[len(prefix_ids) :]
-    return ScoreRequest(tuple(lm.bos + prefix_ids), tuple(query_ids), (tuple(input_ids),))
-
-
-def rule_requests(lm, plan: CellPlan, dropped: list[int], options, need: str) -> list[list]:
-    """Each test example's requests for one extra pass, under the demonstrations it kept."""
-    cfg, template = plan.cfg, plan.template
-    if need == "channel":  # one request per class, the example's own input scored
-        words = template.label_words
-        makers = [
-            [partial(channel_request, lm, template, word=w, fields=ex.fields) for w in words]
-            for ex in plan.test
-        ]
-    else:  # the same requests for every example: content-free inputs or the domain premise
-        texts = (
-            content_free_texts(cfg, template)
-            if need == "content_free"
-            else [domain_premise(cfg, template)]
-        )
-        same = [partial(prompt_request, lm, template, query_text=t, options=options) for t in texts]
-        makers = [same] * len(plan.test)
-    per_example, built = [], {}
-    for demo_set, start, make in zip(plan.demo_sets, dropped, makers):
-        key = (id(demo_set), start, id(make))  # shared demonstrations: build their requests once
-        if key not in built:
-            demos = demo_pairs(plan, demo_set)
-            built[key] = [fitted(lm, one, demos, start) for one in make]
-        per_example.append(built[key])
-    return per_example
-
-
-def rule_inputs(lm, plan: CellPlan, dropped: list[int], options, rules) -> list[RuleInputs]:
-    """Run the extra passes the rules need (each request through score_requests)."""
-    cfg = plan.cfg
-    found: dict[str, list] = {}
-    for need in dict.fromkeys(EXTRA_PASSES[r] for r in rules if r in EXTRA_PASSES):
-        per_example = rule_requests(lm, plan, dropped, options, need)
-        flat = [request for requests in per_example for request in requests]
-        scored = iter(
-            score_requests(lm, flat, scoring_engine(cfg), cfg.eval.batch_size, False, False)
-        )
-        sums = [[option_scores(next(scored).option_logprobs).sums for _ in r] for r in per_example]
-        if need == "content_free":
-            found["p_cf"] = [content_free_probs(s).tolist() for s in sums]
-        elif need == "premise":
-            found["premise"] = [s[0] for s in sums]
-        else:  # channel: one request per class, its one option the input
-            found["channel"] = [[s[0] for s in per_class] for per_class in sums]
-    return [
-        RuleInputs(**{key: values[i] for key, values in found.items()})
-        for i in range(len(plan.test))
-    ]
-
-
-# predictions.jsonl keys of the extra passes' numbers, one value per class
-INPUT_KEYS = {
-    "p_cf": "content_free_probs",
-    "premise": "premise_logprob",
-    "channel": "channel_logprob",
-}
-
-
-def rule_predictions(scores: OptionScores, rules, inputs: RuleInputs) -> dict[str, int]:
-    return {rule: predict(scores, rule, inputs) for rule in rules}
-
-
-def rule_fields(names: list[str], by_rule: dict[str, int], inputs: RuleInputs) -> dict:
-    """A row's per-rule predictions and the extra passes' numbers, keyed by class name."""
-    fields = {"predictions_by_rule": {rule: names[p] for rule, p in by_rule.items()}}
-    for attr, key in INPUT_KEYS.items():
-        values = getattr(inputs, attr)
-        if values is not None:
-            fields[key] = dict(zip(names, values))
-    return fields
 
 
 def prediction_rows(plan: CellPlan, prompts, scored, zero_ppl, inputs=None) -> list[dict]:
@@ -410,31 +252,6 @@ def prediction_rows(plan: CellPlan, prompts, scored, zero_ppl, inputs=None) -> l
             }
         )
     return rows
-
-
-def rule_metrics(rows: list[dict], label_names: list[str]) -> dict:
-    """Accuracy, macro-F1 and prediction counts per class of every rule the rows hold."""
-    names = list(label_names)
-    gold = [r["gold_index"] for r in rows]
-    out = {}
-    for rule in rows[0]["predictions_by_rule"] if rows else ():
-        pred = [names.index(r["predictions_by_rule"][rule]) for r in rows]
-        m = classification_metrics(pred, gold, names)
-        counts = np.bincount(np.asarray(pred, dtype=int), minlength=len(names))
-        out[rule] = {
-            "accuracy": m["accuracy"],
-            "macro_f1": m["macro_f1"],
-            "prediction_counts": dict(zip(names, counts.tolist())),
-        }
-    return out
-
-
-def mean_p_cf(rows: list[dict], label_names: list[str]) -> dict | None:
-    """p_cf per class, averaged over examples (one value when they share their demonstrations)."""
-    found = [r["content_free_probs"] for r in rows if "content_free_probs" in r]
-    if not found:
-        return None
-    return {name: float(np.mean([p[name] for p in found])) for name in label_names}
 
 
 def cell_metrics(plan: CellPlan, rows: list[dict]) -> dict:
@@ -539,22 +356,6 @@ def run_cell(cfg, load_model=cached_model) -> dict:
     results.write_predictions(out_dir, rows)
     results.write_metrics(out_dir, metrics)
     return metrics
-
-
-def stored_scores(row: dict, label_names: list[str]) -> OptionScores:
-    """A predictions.jsonl row's option log-probs, in class order."""
-    return OptionScores(
-        sums=[row["option_logprob"][n] for n in label_names],
-        means=[row["option_logprob_mean"][n] for n in label_names],
-    )
-
-
-def stored_inputs(row: dict, label_names: list[str]) -> RuleInputs:
-    """The extra passes' numbers a predictions.jsonl row already holds."""
-    found = {
-        attr: [row[key][n] for n in label_names] for attr, key in INPUT_KEYS.items() if key in row
-    }
-    return RuleInputs(**found)
 
 
 def rescore_cell(run_dir, rules, load_model=cached_model) -> dict:

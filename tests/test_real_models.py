@@ -10,7 +10,8 @@ from helpers import run_config, task_pools
 from icl import templates
 from icl.lm.engines import ENGINES, ScoreRequest, score_requests
 from icl.lm.loading import tokenizer_adds_bos
-from icl.runner import build_prompt, cached_model, option_tokens, plan_cell, run_cell
+from icl.prompts import build_prompt, option_tokens
+from icl.runner import cached_model, plan_cell, run_cell
 
 pytestmark = pytest.mark.slow
 

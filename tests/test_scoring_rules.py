@@ -16,7 +16,8 @@ from test_cli import ok, run_script
 from icl import reports, results, templates
 from icl.config import SCORING_RULES
 from icl.errors import ICLError
-from icl.runner import plan_cell, rescore_cell, rule_requests, run_cell
+from icl.rule_passes import rule_requests
+from icl.runner import plan_cell, rescore_cell, run_cell
 from icl.scoring import (
     OptionScores,
     RuleInputs,

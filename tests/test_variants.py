@@ -16,7 +16,8 @@ from icl.demos import (
     similar_length_texts,
 )
 from icl.errors import ICLError
-from icl.runner import demo_pairs, ood_corpus_name, plan_cell, run_cell
+from icl.prompts import demo_pairs
+from icl.runner import ood_corpus_name, plan_cell, run_cell
 
 SMALL = ("task=sst2", "model=tiny-llama", "eval.n_test=4")
 EVERY_SETTING = (
