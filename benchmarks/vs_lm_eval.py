@@ -638,6 +638,26 @@ def md_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def scoring_rate(variant: dict) -> float:
+    """Examples/s of one icl run, prompt building included."""
+    return variant["n"] / (variant["build_s"] + variant["score_s"])
+
+
+def icl_speed_row(label: str, variant: dict, worker: dict) -> list:
+    """One icl row of the speed table: a run's timings and its worker process's costs."""
+    return [
+        label,
+        fmt(scoring_rate(variant)),
+        fmt(variant["build_s"] + variant["score_s"]),
+        fmt(variant["score_s"]),
+        fmt(worker["load_s"]),
+        fmt(worker["wall_s"], ".1f"),
+        fmt(worker["rss_mib"], ".0f"),
+        fmt(worker.get("peak_gpu_mib"), ".0f"),
+        ", ".join(fmt(t) for t in variant.get("score_times", [variant["score_s"]])),
+    ]
+
+
 def report(args, info, r) -> str:
     n = args.n_test
     main = r["main"]
@@ -731,39 +751,11 @@ def report(args, info, r) -> str:
 
     # speed
     srows = []
-    for engine, w in icl_rows.items():
-        v = w["variants"]["matched"]
-        scoring = v["build_s"] + v["score_s"]
-        srows.append(
-            [
-                f"icl {engine}",
-                fmt(v["n"] / scoring),
-                fmt(scoring),
-                fmt(v["score_s"]),
-                fmt(w["load_s"]),
-                fmt(w["wall_s"], ".1f"),
-                fmt(w["rss_mib"], ".0f"),
-                fmt(w.get("peak_gpu_mib"), ".0f"),
-                ", ".join(fmt(t) for t in v.get("score_times", [v["score_s"]])),
-            ]
-        )
     native = icl_rows.get(main, {}).get("variants", {}).get("native")
     if native is not None and r.get("icl_native"):
-        w = r["icl_native"]
-        srows.insert(
-            0,
-            [
-                f"icl {main}, icl's own prompts",
-                fmt(native["n"] / (native["build_s"] + native["score_s"])),
-                fmt(native["build_s"] + native["score_s"]),
-                fmt(native["score_s"]),
-                fmt(w["load_s"]),
-                fmt(w["wall_s"], ".1f"),
-                fmt(w["rss_mib"], ".0f"),
-                fmt(w.get("peak_gpu_mib"), ".0f"),
-                ", ".join(fmt(t) for t in native.get("score_times", [native["score_s"]])),
-            ],
-        )
+        srows.append(icl_speed_row(f"icl {main}, icl's own prompts", native, r["icl_native"]))
+    for engine, w in icl_rows.items():
+        srows.append(icl_speed_row(f"icl {engine}", w["variants"]["matched"], w))
     if lm is not None:
         srows.append(
             [
@@ -811,10 +803,10 @@ def report(args, info, r) -> str:
     )
     if lm is not None and main in icl_rows:
         v = icl_rows[main]["variants"]["matched"]
-        icl_eps = v["n"] / (v["build_s"] + v["score_s"])
+        icl_eps = scoring_rate(v)
         lm_eps = len(lm["samples"]) / lm["loglikelihood_s"]
         if native is not None:
-            own_eps = native["n"] / (native["build_s"] + native["score_s"])
+            own_eps = scoring_rate(native)
             speed += (
                 f"\nicl {main} (icl's own prompts) / lm-eval examples/s: "
                 f"**{own_eps / lm_eps:.1f}x** (scoring).\n"
@@ -830,10 +822,7 @@ def report(args, info, r) -> str:
         )
         for engine in [e for e in icl_rows if e != main]:
             w = icl_rows[engine]["variants"]["matched"]
-            speed += (
-                f"icl {engine} / lm-eval examples/s: "
-                f"{(w['n'] / (w['build_s'] + w['score_s'])) / lm_eps:.2f}x.\n"
-            )
+            speed += f"icl {engine} / lm-eval examples/s: {scoring_rate(w) / lm_eps:.2f}x.\n"
     parts.append(speed)
 
     raw = r.get("raw")

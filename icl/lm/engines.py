@@ -317,11 +317,8 @@ def encode_prefix(model, prefix: tuple[int, ...], shared: tuple[int, ...], devic
         cache=getattr(out, "cache", None) or out.past_key_values, length=len(tokens)
     )
     if want_nll and len(tokens) > 1:
-        targets = list(range(1, len(tokens)))
-        values = logprobs_at(
-            model, states[:-1], [t - 1 for t in targets], [tokens[t] for t in targets]
-        )
-        values = values.tolist()
+        rows = list(range(len(tokens) - 1))
+        values = logprobs_at(model, states[:-1], rows, list(tokens[1:])).tolist()
         in_prefix = max(len(prefix) - 1, 0)
         encoded.nll, encoded.count = -sum(values[:in_prefix]), in_prefix
         encoded.query_logprobs = values[in_prefix:]
