@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install what benchmarks/vs_lm_eval.py needs into the active Python environment (the icl venv).
+# Install what `python -m benchmarks.vs_lm_eval` needs into the active Python environment (the
+# icl venv).
 # lm-eval is pinned to the version the benchmark was written and checked against; torch is held
 # at the venv's CPU build so that pip never swaps it for a multi-GB CUDA wheel.
 set -euo pipefail

@@ -1,6 +1,6 @@
 """Console scripts: ``icl-run`` (the Hydra app), ``icl-collect``, ``icl-plot`` and ``icl-study``.
 
-This is the only module that knows Hydra.
+The only code that runs Hydra (``icl.config.register_configs`` stores the schemas for it).
 """
 
 from __future__ import annotations
@@ -59,26 +59,20 @@ def checked(cfg):
 
 
 def execute(cfg) -> float:
-    """Run one composed config (a DictConfig from Hydra or compose()) and return accuracy."""
+    """Run one composed config (a DictConfig from Hydra or compose()); return the headline
+    metric of its method (accuracy for ``score``), which a sweeper can optimise."""
     from icl import runner, tracking
+    from icl.methods import get_method
     from icl.results import read_predictions
 
     run_cfg = OmegaConf.to_object(checked(cfg))
+    method = get_method(run_cfg.method.name)
     metrics = runner.run_cell(run_cfg)
     if run_cfg.logger.name != "none":
-        tracking.log_run(run_cfg, metrics, read_predictions(Path(run_cfg.out_dir)))
-    log.info(
-        "%s k=%s labels=%s seed=%s: accuracy %.3f macro-F1 %.3f (n=%d) -> %s",
-        metrics["task"],
-        metrics["k"],
-        metrics["labels"],
-        metrics["seed"],
-        metrics["accuracy"],
-        metrics["macro_f1"],
-        metrics["n"],
-        run_cfg.out_dir,
-    )
-    return metrics["accuracy"]
+        rows = read_predictions(Path(run_cfg.out_dir))
+        tracking.log_run(run_cfg, metrics, [method.row_type.from_json(r) for r in rows])
+    log.info("%s -> %s", method.describe(metrics), run_cfg.out_dir)
+    return metrics[method.headline]
 
 
 def run() -> None:
@@ -102,19 +96,19 @@ def run() -> None:
 
 def rescore(root: Path, rules: list[str]) -> int:
     """Add cheap rules to every finished run under root (``icl-collect --rescore``)."""
-    from icl import runner
+    from icl.methods.rescore import rescore_cell
     from icl.results import METRICS_FILE
 
     run_dirs = sorted(path.parent for path in Path(root).rglob(METRICS_FILE))
     for run_dir in run_dirs:
-        metrics = runner.rescore_cell(run_dir, rules)
+        metrics = rescore_cell(run_dir, rules)
         log.info("%s: %s", run_dir, {r: m["accuracy"] for r, m in metrics["rules"].items()})
     return len(run_dirs)
 
 
 def collect(argv: list[str] | None = None) -> None:
     """Entry point of ``icl-collect DIR [--report KIND] [--rescore RULES]``."""
-    from icl.reports import REPORTS, tables
+    from icl.studies.reports import REPORTS, tables
 
     parser = argparse.ArgumentParser(description="Gather every run under DIR into one table.")
     parser.add_argument("dir", type=Path)
@@ -143,12 +137,16 @@ def collect(argv: list[str] | None = None) -> None:
 
 def plot(argv: list[str] | None = None) -> None:
     """Entry point of ``icl-plot DIR [--report KIND]``."""
-    from icl.reports import REPORTS, figures
+    from icl.studies.reports import REPORTS, figures
 
     parser = argparse.ArgumentParser(description="Draw a study's figures from the runs in DIR.")
     parser.add_argument("dir", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="PNG path of the curve report")
-    parser.add_argument("--metric", default="accuracy", choices=["accuracy", "macro_f1"])
+    parser.add_argument(
+        "--metric",
+        default=None,
+        help="a metric of the runs (accuracy, macro_f1, ...); the method's headline by default",
+    )
     parser.add_argument("--report", default="curve", choices=REPORTS, help="which study's figures")
     args = parser.parse_args(argv)
     try:
@@ -161,9 +159,8 @@ def plot(argv: list[str] | None = None) -> None:
 
 def study(argv: list[str] | None = None) -> None:
     """Entry point of ``icl-study NAME [--quick] [OVERRIDE ...]``: sweeps, tables, figures."""
-    from icl.reports import figures, tables
-    from icl.results import write_summary
     from icl.studies import STUDIES, get_study, sweep_commands
+    from icl.studies.reports import figures, summary, tables
 
     parser = argparse.ArgumentParser(
         description="Run a ready-made study (conf/experiment/NAME.yaml) and write its report."
@@ -184,7 +181,7 @@ def study(argv: list[str] | None = None) -> None:
             command = [*command, f"hydra.sweep.dir={sweep_dir}"]
             print("icl-run " + " ".join(command), flush=True)
             subprocess.run([*ICL_RUN, *command], check=True)
-    runs = write_summary(root)[0]  # collected once for every report of the study
+    runs = summary(root)  # collected once for every report of the study
     for kind in chosen.reports:
         print(tables(kind, root, runs=runs))
         for path in figures(kind, root, runs=runs):

@@ -1,7 +1,11 @@
-"""Typed config schemas, registered with Hydra's ConfigStore.
+"""Typed config schemas.
 
-Every YAML file under ``conf/<group>/`` names one of these schemas in its defaults list,
-so a misspelt key fails when the config is composed, before any data or model is loaded.
+Every YAML file under ``conf/<group>/`` names one of these schemas in its defaults list, so a
+misspelt key fails when the config is composed, before any data or model is loaded.
+``register_configs`` stores them in Hydra's ConfigStore: with ``icl.cli``, the only code that
+touches Hydra. The names each field accepts live with the concept that owns them (label settings
+in ``icl.demos``, rules in ``icl.scoring``, engines in ``icl.lm.engines``, methods in
+``icl.methods``) and are checked when a cell is planned.
 """
 
 from __future__ import annotations
@@ -10,25 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING
-
-# what the demonstrations show (Min et al. 2022, sections 4 and 5); correct_P keeps the gold
-# label on P percent of them, e.g. correct_75
-LABEL_SETTINGS = (
-    "gold",
-    "random",
-    "permuted",
-    "correct_P",
-    "random_true_dist",
-    "ood_inputs",
-    "random_words",
-    "no_labels",
-    "labels_only",
-)
-SAMPLING_RULES = ("uniform", "balanced")
-# auto: prefix_shared on CPU and CUDA, prefix elsewhere (cells record the engine it resolved to)
-SCORING_ENGINES = ("auto", "prefix", "prefix_shared", "naive")
-SCORING_RULES = ("direct", "direct_mean", "channel", "calibrated", "pmi")
-LOGGERS = ("none", "wandb")
 
 
 @dataclass
@@ -146,7 +131,7 @@ class EvalConfig:
 @dataclass
 class ScoringConfig:
     engine: str = "auto"  # auto | prefix | prefix_shared | naive
-    # the rule behind each prediction, accuracy and macro-F1 (SCORING_RULES; see icl/scoring.py)
+    # the rule behind each prediction, accuracy and macro-F1 (see icl/scoring.py)
     rule: str = "direct"
     # more rules whose predictions and metrics are reported alongside ``rule``'s
     rules: list[str] = field(default_factory=list)
@@ -166,9 +151,18 @@ class LoggerConfig:
 
 
 @dataclass
+class MethodConfig:
+    """What a cell does with its plan (``icl.methods``): score label words today."""
+
+    name: str = "score"
+
+
+@dataclass
 class RunConfig:
-    model: ModelConfig = MISSING
-    task: TaskConfig = MISSING
+    # a method that needs no language model or no task (a synthetic study) leaves them null
+    model: ModelConfig | None = None
+    task: TaskConfig | None = None
+    method: MethodConfig = field(default_factory=MethodConfig)
     demos: DemosConfig = field(default_factory=DemosConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
@@ -190,6 +184,7 @@ def register_configs() -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
+    cs.store(group="method", name="method_schema", node=MethodConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="task", name="task_schema", node=TaskConfig)
     cs.store(group="demos", name="demos_schema", node=DemosConfig)

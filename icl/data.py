@@ -210,3 +210,20 @@ def sample_test(pool: list[Example], n_test: int, seed: int) -> list[Example]:
         raise ICLError(f"eval.n_test must be positive, got {n_test}")
     order = np.random.default_rng(seed).permutation(len(pool))
     return [pool[i] for i in order[: min(n_test, len(pool))]]
+
+
+_POOLS: dict[str, Pools] = {}
+# a task and the corpus its OOD demonstrations draw from, with room to spare
+POOLS_KEPT = 4
+
+
+def cached_pools(task_cfg) -> Pools:
+    """Load and check a task's rows once per process (the last few tasks kept)."""
+    from omegaconf import OmegaConf
+
+    key = OmegaConf.to_yaml(OmegaConf.structured(task_cfg), resolve=True)
+    if key not in _POOLS:
+        if len(_POOLS) >= POOLS_KEPT:
+            del _POOLS[next(iter(_POOLS))]
+        _POOLS[key] = load_pools(task_cfg)
+    return _POOLS[key]

@@ -6,6 +6,7 @@ example gets a fresh set — never on the label setting, so settings differ only
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import re
@@ -13,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from icl.config import LABEL_SETTINGS, SAMPLING_RULES
 from icl.errors import ICLError, unknown_name
 
 # independent random streams under one seed
@@ -21,6 +21,30 @@ ORDER_STREAM, LABEL_STREAM, MAPPING_STREAM, CORRECT_STREAM, OOD_STREAM, WORDS_ST
 
 # settings that change what a demonstration shows, not which class it carries (gold)
 FORMAT_SETTINGS = ("ood_inputs", "random_words", "no_labels", "labels_only")
+# what the demonstrations show (Min et al. 2022, sections 4 and 5); correct_P keeps the gold
+# label on P percent of them, e.g. correct_75. Every name of a label setting is here.
+LABEL_SETTINGS = (
+    "gold",
+    "random",
+    "permuted",
+    "correct_P",
+    "random_true_dist",
+    *FORMAT_SETTINGS,
+)
+SAMPLING_RULES = ("uniform", "balanced")
+# how the study tables and charts name and order the settings (k=0 cells are "no demos")
+NO_DEMOS = "no demos"
+CORRECT_SHARES_SHOWN = (75, 50, 25, 0)
+CHART_ORDER = [
+    NO_DEMOS,
+    "gold",
+    "random",
+    "random_true_dist",
+    *(f"correct_{p}" for p in CORRECT_SHARES_SHOWN),
+    *FORMAT_SETTINGS,
+]
+# Min et al.'s ablations: what matters besides the labels' correctness
+ABLATION_SETTINGS = [NO_DEMOS, "gold", "random", *FORMAT_SETTINGS]
 _CORRECT = re.compile(r"correct_(\d+)")
 
 
@@ -223,3 +247,63 @@ def random_label_words(n_classes: int, seed: int) -> list[str]:
     words = english_words()
     rng = np.random.default_rng([seed, WORDS_STREAM])
     return [words[i] for i in rng.choice(len(words), size=n_classes, replace=False)]
+
+
+@dataclass(frozen=True)
+class Demonstrations:
+    """One prompt's demonstrations as it shows them, resolved from a DemoSet and the setting."""
+
+    # the pool examples' ids, in prompt order
+    ids: list[str]
+    # what each demonstration shows: its input fields and its label word (None: left out)
+    pairs: list[tuple[dict[str, str] | None, str | None]]
+    # the label word of each demonstration's gold class
+    gold_words: list[str]
+    # the share of demonstrations shown with their gold class (nan with none)
+    share_correct: float
+
+
+def show(demo_set: DemoSet, pool, setting: str, words) -> Demonstrations:
+    """What a prompt shows for a DemoSet under a label setting (``words``: one per class)."""
+    inputs = demo_set.inputs or [pool[i].fields for i in demo_set.indices]
+    pairs = [(fields, words[c]) for fields, c in zip(inputs, demo_set.shown)]
+    if setting == "no_labels":
+        pairs = [(fields, None) for fields, _ in pairs]
+    elif setting == "labels_only":
+        pairs = [(None, word) for _, word in pairs]
+    return Demonstrations(
+        ids=[pool[i].id for i in demo_set.indices],
+        pairs=pairs,
+        gold_words=[words[c] for c in demo_set.gold],
+        share_correct=demo_set.share_correct,
+    )
+
+
+def option_words(setting: str, words: list[str], seed: int) -> list[str]:
+    """The label words the options and demonstrations use: the seed's random English words
+    under random_words, else the template's."""
+    if setting == "random_words":
+        return random_label_words(len(words), seed)
+    return list(words)
+
+
+def with_ood_inputs(
+    demo_sets: list[DemoSet], pool, corpus: list[str], seed: int, per_example: bool
+) -> list[DemoSet]:
+    """Each demonstration set with its inputs replaced by OOD texts of similar length."""
+    replaced: dict[int, DemoSet] = {}
+    out = []
+    for i, demo_set in enumerate(demo_sets):
+        if id(demo_set) not in replaced:  # a shared set is replaced once
+            stream = [i + 1] if per_example else []
+            inputs = [pool[j].fields for j in demo_set.indices]
+            new_inputs = ood_inputs(inputs, corpus, seed, stream)
+            replaced[id(demo_set)] = dataclasses.replace(demo_set, inputs=new_inputs)
+        out.append(replaced[id(demo_set)])
+    return out
+
+
+def permuted_names(seed: int, label_names: list[str]) -> dict[str, str]:
+    """permuted labels: each gold class name and the class it is shown as."""
+    mapping = label_mapping(seed, len(label_names))
+    return {label_names[g]: label_names[int(m)] for g, m in enumerate(mapping)}

@@ -182,7 +182,7 @@ def plot_perplexity_scatter(table: pd.DataFrame, stats: pd.DataFrame, out: Path,
             point = (r["zero_shot_perplexity"], r["accuracy"] * 100)
             ax.annotate(r["template"], point, xytext=(2, 2), textcoords="offset points", fontsize=5)
         ax.set_xscale("log")
-        # ticks at 1, 2 and 5 of each decade, written plainly: a panel may span less than one
+        # ticks at 1, 2, 3 and 5 of each decade, written plainly: a panel may span less than one
         ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
         ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

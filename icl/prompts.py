@@ -1,44 +1,26 @@
-"""A cell's prompts as token requests: demonstrations, query, options, and the extra prompts
-that some scoring rules score (content-free inputs, the domain premise, channel order).
+"""Prompts as token requests: demonstrations, query, options, and the extra prompts that some
+scoring rules score (content-free inputs, the domain premise, channel order).
 
 Every prompt is tokenized as one string and cut where its parts end, so the tokens at a seam are
 the ones the model sees in running text; demonstrations are dropped from the front until the
-prompt fits the model's context.
+prompt fits the model's context. Everything here is a function of resolved values: a template,
+the demonstrations as shown (``icl.demos.Demonstrations.pairs``), texts and a tokenizer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from icl import templates
-from icl.data import Example
-from icl.demos import DemoSet
 from icl.errors import ICLError
 from icl.lm import LanguageModel, ScoreRequest
 from icl.scoring import perplexity
-
-if TYPE_CHECKING:
-    from icl.runner import CellPlan
 
 
 @dataclass
 class Prompt:
     request: ScoreRequest
     n_dropped: int
-
-
-def demo_pairs(plan: CellPlan, demo_set: DemoSet) -> list[tuple[dict | None, str | None]]:
-    """What each demonstration shows: its input fields and its label word (None when the
-    setting leaves that part out)."""
-    words = plan.template.label_words
-    inputs = demo_set.inputs or [plan.pool[i].fields for i in demo_set.indices]
-    pairs = [(fields, words[c]) for fields, c in zip(inputs, demo_set.shown)]
-    if plan.cfg.demos.labels == "no_labels":
-        return [(fields, None) for fields, _ in pairs]
-    if plan.cfg.demos.labels == "labels_only":
-        return [(None, word) for _, word in pairs]
-    return pairs
 
 
 def option_tokens(lm: LanguageModel, template) -> tuple[tuple[int, ...], ...]:
@@ -54,19 +36,38 @@ def option_tokens(lm: LanguageModel, template) -> tuple[tuple[int, ...], ...]:
     return options
 
 
-def build_prompt(lm, plan: CellPlan, demo_set: DemoSet, query: Example, options) -> Prompt:
-    """Token pieces of one prompt, dropping the earliest demonstrations until it fits."""
-    demos = demo_pairs(plan, demo_set)
-    query_text = templates.render_input(plan.template, query.fields)
-    longest_option = max(len(o) for o in options)
-    for dropped in range(len(demos) + 1):
-        request = prompt_request(lm, plan.template, demos[dropped:], query_text, options)
-        if len(request.prefix) + len(request.query) + longest_option <= lm.max_length:
-            return Prompt(request, dropped)
+def too_long(lm, request: ScoreRequest) -> int | None:
+    """The tokens a request needs with its longest option, when that exceeds the context."""
+    longest = max((len(o) for o in request.options), default=0)
+    needed = len(request.prefix) + len(request.query) + longest
+    return needed if needed > lm.max_length else None
+
+
+def fitted(lm, make_request, demos: list, start: int = 0, what: str = "a prompt"):
+    """make_request(kept demonstrations) and how many were dropped: the earliest go (from
+    ``start``) until the prompt fits the model's context."""
+    for dropped in range(start, len(demos) + 1):
+        request = make_request(demos[dropped:])
+        needed = too_long(lm, request)
+        if needed is None:
+            return request, dropped
     raise ICLError(
-        f"example {query.id} needs {len(request.prefix) + len(request.query) + longest_option} "
-        f"tokens even with no demonstrations, more than {lm.name}'s context of {lm.max_length}"
+        f"{what} needs {needed} tokens even with no demonstrations, more than "
+        f"{lm.name}'s context of {lm.max_length}"
     )
+
+
+def build_prompt(lm, template, demos, query_fields: dict, options, what="a prompt") -> Prompt:
+    """Token pieces of one prompt (``demos``: the (fields, word) pairs shown), dropping the
+    earliest demonstrations until it fits."""
+    query_text = templates.render_input(template, query_fields)
+    request, dropped = fitted(
+        lm,
+        lambda kept: prompt_request(lm, template, kept, query_text, options),
+        list(demos),
+        what=what,
+    )
+    return Prompt(request, dropped)
 
 
 def prompt_request(lm, template, demos, query_text: str, options) -> ScoreRequest:
@@ -79,34 +80,6 @@ def prompt_perplexity(result) -> float:
     """Perplexity of a scored prompt (prefix and query; the options are not part of it)."""
     return perplexity(
         result.prefix_nll + result.query_nll, result.prefix_count + result.query_count
-    )
-
-
-def domain_premise(cfg, template) -> str:
-    """pmi's premise: scoring.domain_premise, else the template's answer prefix ("Sentiment:")."""
-    if cfg.scoring.domain_premise is not None:
-        return cfg.scoring.domain_premise
-    return templates.domain_premise(template)
-
-
-def content_free_texts(cfg, template) -> list[str]:
-    """The template filled with each content-free input in every text field."""
-    return [
-        templates.render_input(template, dict.fromkeys(cfg.task.text_fields, text))
-        for text in cfg.scoring.content_free
-    ]
-
-
-def fitted(lm, make_request, demos: list, start: int) -> ScoreRequest:
-    """make_request(kept demonstrations), dropping the earliest (from ``start``) until it fits."""
-    for dropped in range(start, len(demos) + 1):
-        request = make_request(demos[dropped:])
-        longest = max((len(o) for o in request.options), default=0)
-        if len(request.prefix) + len(request.query) + longest <= lm.max_length:
-            return request
-    raise ICLError(
-        f"a scoring rule's extra prompt needs {len(request.prefix) + len(request.query) + longest} "
-        f"tokens even with no demonstrations, more than {lm.name}'s context of {lm.max_length}"
     )
 
 

@@ -1,4 +1,7 @@
-"""Run files (predictions, metrics, config), resume checks, and the collected results table."""
+"""Run files (predictions, metrics, config), resume checks, and the collected results table.
+
+The tables of the studies are built from the collected table in ``icl.studies.tables``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from icl.config import SCORING_RULES
+from icl.identity import LIST_FIELDS, SEED_FIELD, CellIdentity, group_columns
+from icl.scoring import SCORING_RULES
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -17,40 +21,8 @@ CONFIG_FILE = "config.yaml"
 SUMMARY_STEM = "summary"
 SEEDS_SUMMARY_STEM = "summary_seeds"
 RULES_SUMMARY_STEM = "summary_rules"
-
-# the config values that identify a cell; runs that share all but the seed are averaged
-IDENTITY_COLUMNS = [
-    "task",
-    "template",
-    "label_words",
-    "model",
-    "k",
-    "labels",
-    "sampling",
-    "per_example",
-    "nested",
-    "ood_corpus",
-    "n_test",
-    "eval_seed",
-    "engine",
-    "rule",
-    "extra_rules",
-    "content_free",
-    "domain_premise",
-    # in the long form of the rule columns (rule_runs): the rule a row's metrics belong to
-    "scored_rule",
-    "task_version",
-    "harness_version",
-]
-SEED_COLUMN = "seed"
-SUMMARY_METRICS = [
-    "accuracy",
-    "macro_f1",
-    "share_demo_labels_correct",
-    "zero_shot_perplexity",
-    "kshot_perplexity",
-    "accuracy_vs_permuted",
-]
+# in the long form of the rule columns (rule_runs): the rule a row's metrics belong to
+SCORED_RULE = "scored_rule"
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -68,8 +40,9 @@ def _write_atomic(path: Path, text: str) -> None:
             os.unlink(tmp)
 
 
-def write_predictions(out_dir: Path, rows: list[dict]) -> None:
-    text = "".join(json.dumps(row) + "\n" for row in rows)
+def write_predictions(out_dir: Path, rows) -> None:
+    """One JSON line per row (each row a method's typed row, with ``to_json``)."""
+    text = "".join(json.dumps(row.to_json()) + "\n" for row in rows)
     _write_atomic(Path(out_dir) / PREDICTIONS_FILE, text)
 
 
@@ -85,23 +58,12 @@ def read_metrics(out_dir: Path) -> dict | None:
     return json.loads(path.read_text())
 
 
-# identity keys added after runs were written, with the value those runs had
-LATER_IDENTITY_KEYS = {
-    "extra_rules": [],
-    "content_free": ["N/A", "", "[MASK]"],
-    "domain_premise": None,
-}
-
-
-def finished_cell(out_dir: Path, identity: dict) -> dict | None:
+def finished_cell(out_dir: Path, identity: CellIdentity) -> dict | None:
     """The metrics of a finished run of the same cell in out_dir, if there is one."""
     metrics = read_metrics(out_dir)
     if metrics is None:
         return None
-    same = all(
-        metrics.get(key, LATER_IDENTITY_KEYS.get(key)) == value for key, value in identity.items()
-    )
-    return metrics if same else None
+    return metrics if identity.matches(metrics) else None
 
 
 def read_config(out_dir: Path):
@@ -115,13 +77,14 @@ def read_config(out_dir: Path):
 
 
 def read_predictions(out_dir: Path) -> list[dict]:
+    """The rows of predictions.jsonl as JSON dicts (the method's row type reads them)."""
     with open(Path(out_dir) / PREDICTIONS_FILE) as handle:
         return [json.loads(line) for line in handle]
 
 
 def _flatten(metrics: dict, run_dir: Path, root: Path) -> dict:
     row = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
-    for key in ("extra_rules", "content_free"):  # identity lists, as one comparable value
+    for key in LIST_FIELDS:  # identity lists, as one comparable value
         if key in metrics:
             row[key] = json.dumps(metrics[key])
     for name, share in (metrics.get("prediction_share") or {}).items():
@@ -148,7 +111,7 @@ def collect_runs(root: Path) -> pd.DataFrame:
     if not rows:
         raise FileNotFoundError(f"no {METRICS_FILE} under {root}: nothing has finished there yet")
     frame = pd.DataFrame(rows)
-    sort_by = [c for c in ["task", "model", "template", "labels", "k", SEED_COLUMN] if c in frame]
+    sort_by = [c for c in ["task", "model", "template", "labels", "k", SEED_FIELD] if c in frame]
     return frame.sort_values(sort_by).reset_index(drop=True)
 
 
@@ -175,98 +138,52 @@ def rule_runs(runs: pd.DataFrame) -> pd.DataFrame:
         ours = [c for c in runs.columns if c.startswith(f"{rule}_share_")]
         frame = base[done].drop(columns=[c for c in base if c.startswith("prediction_share_")])
         frame = frame.assign(
-            scored_rule=rule,
+            **{SCORED_RULE: rule},
             accuracy=runs.loc[done, f"{rule}_accuracy"],
             macro_f1=runs.loc[done, f"{rule}_macro_f1"],
-            **{f"prediction_share_{c[len(rule) + 7 :]}": runs.loc[done, c] for c in ours},
+            **{
+                "prediction_share_" + c.removeprefix(f"{rule}_share_"): runs.loc[done, c]
+                for c in ours
+            },
         )
         frames.append(pd.concat([frame, p_cf[done]], axis=1))
     if not frames:
         # runs from before scoring.rules: each holds its one (primary) rule's metrics
-        return runs.assign(scored_rule=runs.get("rule", "direct"))
+        return runs.assign(**{SCORED_RULE: runs.get("rule", "direct")})
     order = {rule: i for i, rule in enumerate(SCORING_RULES)}
     long = pd.concat(frames, ignore_index=True)
     return long.sort_values(
-        [c for c in ["task", "model", "template", "k"] if c in long] + ["scored_rule"],
-        key=lambda col: col.map(order) if col.name == "scored_rule" else col,
+        [c for c in ["task", "model", "template", "k"] if c in long] + [SCORED_RULE],
+        key=lambda col: col.map(order) if col.name == SCORED_RULE else col,
         kind="stable",
     ).reset_index(drop=True)
 
 
-def summarise_seeds(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std and count over seeds for every cell."""
-    keys = [c for c in IDENTITY_COLUMNS if c in runs]
+def summarise_seeds(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Mean, std and count over seeds of ``metrics`` (and the per-class and per-rule columns)
+    for every cell."""
+    keys = [c for c in group_columns(SCORED_RULE) if c in runs]
     extra = [c for c in runs.columns if c.startswith("prediction_share_")] + rule_columns(runs)
-    metrics = [c for c in SUMMARY_METRICS if c in runs] + extra
-    grouped = runs.groupby(keys, dropna=False)[metrics].agg(["mean", "std"])
+    chosen = [c for c in metrics if c in runs] + extra
+    grouped = runs.groupby(keys, dropna=False)[chosen].agg(["mean", "std"])
     grouped.columns = [f"{metric}_{stat}" for metric, stat in grouped.columns]
-    grouped["n_seeds"] = runs.groupby(keys, dropna=False)[SEED_COLUMN].nunique()
+    grouped["n_seeds"] = runs.groupby(keys, dropna=False)[SEED_FIELD].nunique()
     return grouped.reset_index()
 
 
-def write_summary(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Collect runs under root into summary.{csv,parquet} and summary_seeds.{csv,parquet}.
+def write_summary(root: Path, runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Write the collected runs of root to summary.{csv,parquet} and their mean and std over
+    seeds (of ``metrics``) to summary_seeds.{csv,parquet}; return the latter.
 
     Runs that report several rules also give summary_rules.{csv,parquet}: mean and std over
     seeds per (cell, rule), from the long form ``rule_runs``.
     """
     root = Path(root)
-    runs = collect_runs(root)
-    seeds = summarise_seeds(runs)
+    seeds = summarise_seeds(runs, metrics)
     frames = [(runs, SUMMARY_STEM), (seeds, SEEDS_SUMMARY_STEM)]
     if rule_columns(runs):
-        frames.append((summarise_seeds(rule_runs(runs)), RULES_SUMMARY_STEM))
+        frames.append((summarise_seeds(rule_runs(runs), metrics), RULES_SUMMARY_STEM))
     for frame, stem in frames:
         _write_atomic(root / f"{stem}.csv", frame.to_csv(index=False))
         frame.to_parquet(root / f"{stem}.parquet", index=False)
-    return runs, seeds
-
-
-def format_table(seeds: pd.DataFrame) -> str:
-    """Accuracy mean ± std per k (rows) and label setting (columns), as plain text."""
-    frame = seeds.copy()
-    frame["cell"] = [
-        f"{m:.3f} ± {0.0 if pd.isna(s) else s:.3f}"
-        for m, s in zip(frame["accuracy_mean"], frame["accuracy_std"])
-    ]
-    index = [c for c in ["task", "model", "template", "k"] if c in frame]
-    table = frame.pivot_table(index=index, columns="labels", values="cell", aggfunc="first")
-    return table.to_string()
-
-
-def _mean_std(mean: float, std: float, scale: float = 100.0) -> str:
-    return f"{scale * mean:.1f} ± {0.0 if pd.isna(std) else scale * std:.1f}"
-
-
-def rule_table(rule_seeds: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy (%) mean ± std over seeds per k (rows) and rule (columns): Zhao et al.'s Table 4."""
-    frame = rule_seeds.copy()
-    frame["cell"] = [_mean_std(m, s) for m, s in zip(frame["accuracy_mean"], frame["accuracy_std"])]
-    index = [c for c in ["task", "model", "template", "labels", "n_test", "k"] if c in frame]
-    table = frame.pivot_table(index=index, columns="scored_rule", values="cell", aggfunc="first")
-    table = table[[r for r in SCORING_RULES if r in table.columns]]
-    table.columns.name = None
-    return table
-
-
-def balance_table(rule_seeds: pd.DataFrame, rules=("direct", "calibrated")) -> pd.DataFrame:
-    """Prediction shares per class (mean over seeds) per k for each of ``rules``, and p_cf."""
-    frame = rule_seeds[rule_seeds["scored_rule"].isin(rules)]
-    shares = [c for c in frame.columns if c.startswith("prediction_share_") and c.endswith("_mean")]
-    names = " / ".join(c[len("prediction_share_") : -len("_mean")] for c in shares)
-    p_cf = [f"p_cf_{c[len('prediction_share_') :]}" for c in shares]
-    index = [c for c in ["task", "model", "template", "labels", "n_test", "k"] if c in frame]
-    columns = {
-        f"{rule} predictions ({names})": frame[frame["scored_rule"] == rule].set_index(index)[
-            shares
-        ]
-        for rule in rules
-    }
-    if all(c in frame for c in p_cf):
-        calibrated = frame[frame["scored_rule"] == rules[-1]].set_index(index)
-        columns[f"p_cf ({names})"] = calibrated[p_cf]
-    cells = {
-        label: values.apply(lambda row: " / ".join(f"{v:.2f}" for v in row), axis=1)
-        for label, values in columns.items()
-    }
-    return pd.concat(cells, axis=1)
+    return seeds

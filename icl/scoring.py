@@ -1,4 +1,4 @@
-"""Scoring rules: from the options' log-probabilities to a prediction.
+"""Scoring rules: from the options' log-probabilities to a prediction, one registry entry each.
 
 Each rule gives every class a score and predicts the best one (ties go to the lower class):
 
@@ -10,21 +10,20 @@ Each rule gives every class a score and predicts the best one (ties go to the lo
   (the diagonal correction W = diag(p_cf)^-1, b = 0).
 - ``pmi`` (Holtzman et al. 2021): log P(label | prompt) - log P(label | domain premise).
 
-The functions here are pure: the extra forward passes some rules need (content-free inputs,
-the domain premise, channel prompts) are run by ``icl.runner``, which hands their numbers in.
+A rule that needs more than the direct option log-probs names an extra pass (``PASSES``); the
+passes' forward work is in ``icl.rule_passes``, which hands their numbers in. Everything here is
+pure. Adding a rule: one ``Rule`` in ``RULES``, and, if it needs one, its pass in ``PASSES``
+and ``icl.rule_passes``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from icl.config import SCORING_RULES
 from icl.errors import unknown_name
-
-# what each rule needs beyond the direct option log-probs, from passes of its own
-EXTRA_PASSES = {"calibrated": "content_free", "pmi": "premise", "channel": "channel"}
 
 
 @dataclass(frozen=True)
@@ -36,33 +35,37 @@ class OptionScores:
 
 
 @dataclass(frozen=True)
-class RuleInputs:
-    """One example's numbers from the extra passes, one value per class (None: not run)."""
+class ExtraPass:
+    """A forward pass beyond the direct one, and where predictions.jsonl keeps its numbers."""
 
-    # calibrated: the content-free option probabilities under this example's demonstrations
-    p_cf: list[float] | None = None
-    # pmi: each option's summed log-prob after the domain premise
-    premise: list[float] | None = None
-    # channel: log P(input | label) for each class's label word
-    channel: list[float] | None = None
-
-
-def option_scores(option_logprobs: list[list[float]]) -> OptionScores:
-    """A label's score is the sum of its tokens' log-probs; the mean is kept alongside."""
-    sums = [float(np.sum(lp)) for lp in option_logprobs]
-    means = [float(np.mean(lp)) for lp in option_logprobs]
-    return OptionScores(sums=sums, means=means)
+    name: str
+    # the predictions.jsonl key of its per-class numbers
+    row_key: str
+    # whether it can be added to a finished run (False: it rescores every test input)
+    after_the_fact: bool = True
 
 
-def requested_rules(rule: str, extra_rules) -> list[str]:
-    """The primary rule first, then the extra ones, each once."""
-    return list(dict.fromkeys([rule, *extra_rules]))
+PASSES = {
+    p.name: p
+    for p in (
+        # calibrated: the content-free option probabilities under this example's demonstrations
+        ExtraPass("content_free", "content_free_probs"),
+        # pmi: each option's summed log-prob after the domain premise
+        ExtraPass("premise", "premise_logprob"),
+        # channel: log P(input | label) for each class's label word
+        ExtraPass("channel", "channel_logprob", after_the_fact=False),
+    )
+}
 
 
-def check_rules(rules) -> None:
-    for name in rules:
-        if name not in SCORING_RULES:
-            raise unknown_name("scoring rule", name, SCORING_RULES)
+@dataclass(frozen=True)
+class Rule:
+    """A scoring rule: its name, the extra pass it needs, and its per-class score."""
+
+    name: str
+    # score(option scores, the extra pass's per-class numbers or None) -> one score per class
+    score: Callable[[OptionScores, list[float] | None], np.ndarray]
+    extra_pass: str | None = None
 
 
 def normalise(logprobs) -> np.ndarray:
@@ -88,29 +91,59 @@ def pmi(sums, premise_sums) -> np.ndarray:
     return np.asarray(sums, dtype=np.float64) - np.asarray(premise_sums, dtype=np.float64)
 
 
-def _needed(rule: str, value):
-    if value is None:
-        raise ValueError(f"rule {rule!r} needs the {EXTRA_PASSES[rule]} pass, which did not run")
-    return value
+RULES = {
+    r.name: r
+    for r in (
+        Rule("direct", lambda scores, _: np.asarray(scores.sums)),
+        Rule("direct_mean", lambda scores, _: np.asarray(scores.means)),
+        Rule("channel", lambda _, logp: np.asarray(logp, dtype=np.float64), "channel"),
+        Rule("calibrated", lambda scores, p_cf: calibrate(scores.sums, p_cf), "content_free"),
+        Rule("pmi", lambda scores, premise: pmi(scores.sums, premise), "premise"),
+    )
+}
+SCORING_RULES = tuple(RULES)
 
 
-def rule_scores(scores: OptionScores, rule: str, inputs: RuleInputs | None = None) -> np.ndarray:
-    """Each class's score under a rule; the prediction is the highest."""
-    inputs = inputs or RuleInputs()
-    if rule == "direct":
-        return np.asarray(scores.sums)
-    if rule == "direct_mean":
-        return np.asarray(scores.means)
-    if rule == "calibrated":
-        return calibrate(scores.sums, _needed(rule, inputs.p_cf))
-    if rule == "pmi":
-        return pmi(scores.sums, _needed(rule, inputs.premise))
-    if rule == "channel":
-        return np.asarray(_needed(rule, inputs.channel), dtype=np.float64)
-    raise unknown_name("scoring rule", rule, SCORING_RULES)
+def get_rule(name: str) -> Rule:
+    if name not in RULES:
+        raise unknown_name("scoring rule", name, SCORING_RULES)
+    return RULES[name]
 
 
-def predict(scores: OptionScores, rule: str = "direct", inputs: RuleInputs | None = None) -> int:
+def check_rules(rules) -> None:
+    for name in rules:
+        get_rule(name)
+
+
+def requested_rules(rule: str, extra_rules) -> list[str]:
+    """The primary rule first, then the extra ones, each once."""
+    return list(dict.fromkeys([rule, *extra_rules]))
+
+
+def passes_needed(rules) -> list[str]:
+    """The extra passes a list of rules needs, each once, in the rules' order."""
+    return list(dict.fromkeys(RULES[r].extra_pass for r in rules if RULES[r].extra_pass))
+
+
+def option_scores(option_logprobs: list[list[float]]) -> OptionScores:
+    """A label's score is the sum of its tokens' log-probs; the mean is kept alongside."""
+    sums = [float(np.sum(lp)) for lp in option_logprobs]
+    means = [float(np.mean(lp)) for lp in option_logprobs]
+    return OptionScores(sums=sums, means=means)
+
+
+def rule_scores(scores: OptionScores, rule: str, inputs: Mapping | None = None) -> np.ndarray:
+    """Each class's score under a rule; ``inputs`` maps pass names to per-class numbers."""
+    chosen = get_rule(rule)
+    extra = None
+    if chosen.extra_pass is not None:
+        extra = (inputs or {}).get(chosen.extra_pass)
+        if extra is None:
+            raise ValueError(f"rule {rule!r} needs the {chosen.extra_pass} pass, which did not run")
+    return chosen.score(scores, extra)
+
+
+def predict(scores: OptionScores, rule: str = "direct", inputs: Mapping | None = None) -> int:
     """The option a rule picks; ties go to the lower class index."""
     return int(np.argmax(rule_scores(scores, rule, inputs)))
 

@@ -102,8 +102,9 @@ def input_parts(template) -> InputParts:
     return InputParts(lead=lead, fields=fields, tail=tail)
 
 
-def domain_premise(template) -> str:
-    """The answer prefix with no input: the input format after its last field, stripped."""
+def answer_prefix(template) -> str:
+    """The answer prefix with no input: the input format after its last field, stripped
+    (``pmi``'s default domain premise)."""
     return input_parts(template).tail.strip()
 
 

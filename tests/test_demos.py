@@ -10,10 +10,16 @@ from helpers import run_config
 from hypothesis import given
 from hypothesis import strategies as st
 
-from icl.config import LABEL_SETTINGS, SAMPLING_RULES, DemosConfig
-from icl.demos import check_demo_request, choose_demos, label_mapping
+from icl.config import DemosConfig
+from icl.demos import (
+    LABEL_SETTINGS,
+    SAMPLING_RULES,
+    check_demo_request,
+    choose_demos,
+    label_mapping,
+)
 from icl.errors import ICLError
-from icl.runner import plan_cell
+from icl.plan import plan_cell
 
 SETTINGS = ("gold", "random", "permuted")
 

@@ -9,19 +9,16 @@ import torch
 from helpers import tiny_lm
 
 from icl.errors import ICLError
-from icl.lm import engines
-from icl.lm.engines import (
+from icl.lm import ScoreMemo, batching, engines, forward
+from icl.lm.batching import (
     CPU_BATCH_SIZE,
-    ENGINES,
     MAX_AUTO_BATCH_SIZE,
-    ScoreRequest,
     auto_batch_size,
     check_batch_size,
     fit_batch_size,
-    resolve_engine,
-    score_requests,
-    shared_query_start,
 )
+from icl.lm.engines import ENGINES, resolve_engine, score_requests, shared_query_start
+from icl.lm.requests import ScoreRequest
 
 TOL = 1e-4
 FAST_ENGINES = [e for e in ENGINES if e != "naive"]  # each is held to the naive reference
@@ -39,14 +36,9 @@ def lm(request):
     return tiny_lm(request.param)
 
 
-def fresh(lm):
-    """The same model with nothing scored yet, so every call really computes."""
-    names = {f.name for f in dataclasses.fields(lm)}
-    return dataclasses.replace(lm, **({"memo": {}} if "memo" in names else {}))
-
-
 def score(lm, requests, engine, batch_size=4, want_query=True):
-    return score_requests(fresh(lm), requests, engine, batch_size, want_query)
+    """Scores computed afresh: no memo is passed."""
+    return score_requests(lm, requests, engine, batch_size, want_query)
 
 
 def requests_for(lm, with_empty_prefix: bool = True) -> list[ScoreRequest]:
@@ -183,13 +175,13 @@ def test_queries_sharing_their_start_score_like_naive(lm, engine, prefix_text):
 @pytest.mark.parametrize("engine", FAST_ENGINES)
 def test_the_shared_query_start_runs_once_not_in_every_row(lm, engine, monkeypatch):
     widths = []
-    forward = engines.forward_suffix
+    real = forward.forward_suffix
 
     def recording(base, ids, positions, cache, prefix_len, attention):
         widths.append((ids.shape[1], prefix_len, int(positions[0, 0])))
-        return forward(base, ids, positions, cache, prefix_len, attention)
+        return real(base, ids, positions, cache, prefix_len, attention)
 
-    monkeypatch.setattr(engines, "forward_suffix", recording)
+    monkeypatch.setattr(forward, "forward_suffix", recording)
     prefix = tuple(lm.bos)
     queries = [tuple(lm.encode(q)) for q in SHARED_START_QUERIES]
     requests = [ScoreRequest(prefix, q, ((1,), (2,))) for q in queries]
@@ -249,12 +241,48 @@ def test_a_request_scores_the_same_alone_as_among_others(lm, engine):
 
 def test_results_handed_out_do_not_share_state_with_later_calls(lm):
     requests = requests_for(lm)[:2]
-    memoising = fresh(lm)
-    first = score_requests(memoising, requests, "prefix")
+    memo = ScoreMemo()
+    first = score_requests(lm, requests, "prefix", memo=memo)
     expected = flatten(first)
     first[0].option_logprobs[0][0] = 123.0
     first[0].query_nll = -1.0
-    assert flatten(score_requests(memoising, requests, "prefix")) == expected
+    assert flatten(score_requests(lm, requests, "prefix", memo=memo)) == expected
+
+
+def test_the_memo_computes_a_request_once_per_model_fingerprint(lm, monkeypatch):
+    requests = requests_for(lm)[:3]
+    computed = []
+    real = engines.compute
+
+    def counting(lm_, todo, *args):
+        computed.append((lm_.fingerprint, len(todo)))
+        return real(lm_, todo, *args)
+
+    monkeypatch.setattr(engines, "compute", counting)
+    memo = ScoreMemo()
+    first = score_requests(lm, requests, "prefix", memo=memo)
+    assert flatten(score_requests(lm, requests[::-1], "prefix", memo=memo)[::-1]) == flatten(first)
+    assert computed == [(lm.fingerprint, 3)]  # the second call was served from the memo
+    # another model (other weights: another fingerprint) never reads this model's scores
+    other = tiny_lm(lm.name.removeprefix("tiny-"), seed=1, name="other")
+    other = dataclasses.replace(other, fingerprint="other-weights")
+    theirs = score_requests(other, requests, "prefix", memo=memo)
+    assert computed[-1] == ("other-weights", 3)
+    assert flatten(theirs) != pytest.approx(flatten(first), abs=1e-3)
+    assert len(memo) == 6
+    memo.clear()
+    score_requests(lm, requests, "prefix", memo=memo)
+    assert computed[-1] == (lm.fingerprint, 3)
+
+
+def test_without_a_memo_every_call_computes(lm, monkeypatch):
+    calls = []
+    real = engines.compute
+    monkeypatch.setattr(engines, "compute", lambda *a: calls.append(1) or real(*a))
+    requests = requests_for(lm)[:2]
+    score_requests(lm, requests, "prefix")
+    score_requests(lm, requests, "prefix")
+    assert len(calls) == 2
 
 
 def test_a_request_with_an_empty_query_is_refused(lm):
@@ -319,25 +347,25 @@ def test_auto_batch_size_on_cuda_divides_free_memory_by_a_probe_rows_peak(monkey
     }
     for name, function in fake.items():
         monkeypatch.setattr(torch.cuda, name, function)
-    monkeypatch.setattr(engines, "run_batch", fake_run_batch)
-    rows = [engines.Row((1,) * n, [(0, 1, ("o", 0, 0, 0))]) for n in (5, 3, 9)]
-    rows.append(engines.Row((1,) * 20))  # a row nothing is read from is never run
+    monkeypatch.setattr(batching, "run_batch", fake_run_batch)
+    rows = [batching.Row((1,) * n, [(0, 1, ("o", 0, 0, 0))]) for n in (5, 3, 9)]
+    rows.append(batching.Row((1,) * 20))  # a row nothing is read from is never run
     size = auto_batch_size(None, rows, None, 10, torch.device("cuda"), "shared")
     assert probed == [[3, 5, 9]]  # the widest rows, at most PROBE_ROWS of them
-    assert size == int((1000 + 24) * mib * engines.MEMORY_SHARE // (4 * mib / 3))
+    assert size == int((1000 + 24) * mib * batching.MEMORY_SHARE // (4 * mib / 3))
 
 
 def oom_above(limit: int, sizes: list[int]):
     """A forward_suffix that runs out of memory on batches of more than ``limit`` rows."""
-    real = engines.forward_suffix
+    real = forward.forward_suffix
 
-    def forward(base, ids, *args):
+    def limited(base, ids, *args):
         sizes.append(ids.shape[0])
         if ids.shape[0] > limit:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(base, ids, *args)
 
-    return forward
+    return limited
 
 
 @pytest.mark.parametrize("engine", FAST_ENGINES)
@@ -345,13 +373,13 @@ def test_out_of_memory_halves_an_auto_batch_and_keeps_the_numbers(lm, engine, mo
     requests = requests_for(lm)
     expected = flatten(score(lm, requests, engine, 4))
     sizes: list[int] = []
-    monkeypatch.setattr(engines, "forward_suffix", oom_above(3, sizes))
+    monkeypatch.setattr(forward, "forward_suffix", oom_above(3, sizes))
     assert flatten(score(lm, requests, engine, "auto")) == pytest.approx(expected, abs=1e-5)
     # the first batch (up to 16 rows) fails, 16 halves to 8, 4 and 2, which is then kept
     assert sizes[0] > 3 and sizes[1:4] == [8, 4, 2] and max(sizes[4:]) <= 2
 
 
 def test_out_of_memory_with_a_fixed_batch_size_is_raised(lm, monkeypatch):
-    monkeypatch.setattr(engines, "forward_suffix", oom_above(3, []))
+    monkeypatch.setattr(forward, "forward_suffix", oom_above(3, []))
     with pytest.raises(torch.cuda.OutOfMemoryError):
         score(lm, requests_for(lm), "prefix", 8)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 from helpers import run_config, task_pools
 
 from icl import templates
-from icl.lm.engines import ENGINES, ScoreRequest, score_requests
+from icl.lm import ENGINES, ScoreRequest, score_requests
 from icl.lm.loading import tokenizer_adds_bos
+from icl.lm.store import PROCESS_MODELS
+from icl.plan import plan_cell
 from icl.prompts import build_prompt, option_tokens
-from icl.runner import cached_model, plan_cell, run_cell
+from icl.runner import run_cell
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ def test_smollm2_beats_the_majority_class_on_sst2(tmp_path):
 
 @pytest.mark.parametrize(("model", "adds_bos"), [("smollm2-135m", False), ("gemma3-270m", True)])
 def test_tokenizer_bos_detection(model, adds_bos):
-    lm = cached_model(run_config(f"model={model}").model)
+    lm = PROCESS_MODELS.get(run_config(f"model={model}").model)
     assert tokenizer_adds_bos(lm.tokenizer) is adds_bos
     assert lm.adds_bos is adds_bos
     assert lm.bos == ([lm.tokenizer.bos_token_id] if adds_bos else [])
@@ -38,7 +38,7 @@ def test_tokenizer_bos_detection(model, adds_bos):
 
 @pytest.mark.parametrize("model", ["gemma3-270m", "smollm2-135m"])  # gemma is loaded already
 def test_engines_agree_on_a_real_model_with_a_long_prefix(model):
-    lm = cached_model(run_config(f"model={model}").model)
+    lm = PROCESS_MODELS.get(run_config(f"model={model}").model)
     task = run_config("task=sst2").task
     template = task.templates["review"]
     pools = task_pools("sst2")
@@ -58,9 +58,7 @@ def test_engines_agree_on_a_real_model_with_a_long_prefix(model):
         for ex in pools.test[:2]
     ]
     by_engine = {  # naive runs one full-vocabulary sequence at a time to bound memory
-        engine: score_requests(
-            dataclasses.replace(lm, memo={}), requests, engine, 1 if engine == "naive" else 4
-        )
+        engine: score_requests(lm, requests, engine, 1 if engine == "naive" else 4)
         for engine in ENGINES
     }
     for engine, results in by_engine.items():
@@ -75,12 +73,12 @@ def test_engines_agree_on_a_real_model_with_a_long_prefix(model):
 def test_prompt_tokens_are_those_of_the_whole_prompt_string(model, tmp_path):
     # encoding demonstrations and query apart would tokenize the seam unnaturally
     cfg = run_config(f"model={model}", "task=sst2", "demos.k=4", "eval.n_test=5", out_dir=tmp_path)
-    lm = cached_model(cfg.model)
+    lm = PROCESS_MODELS.get(cfg.model)
     plan = plan_cell(cfg)
     options = option_tokens(lm, plan.template)
     words = plan.template.label_words
-    for demo_set, example in zip(plan.demo_sets, plan.test):
-        prompt = build_prompt(lm, plan, demo_set, example, options)
+    for demo_set, demos, example in zip(plan.demo_sets, plan.demos, plan.test):
+        prompt = build_prompt(lm, plan.template, demos.pairs, example.fields, options)
         shown = [(plan.pool[i].fields, words[c]) for i, c in zip(demo_set.indices, demo_set.shown)]
         text = templates.render_prompt(plan.template, shown, example.fields)
         assert list(prompt.request.prefix + prompt.request.query) == lm.bos + lm.encode(text)

@@ -9,10 +9,12 @@ import pytest
 import torch
 from helpers import CountingLoader, fail_if_loaded, run_config, task_pools, tiny_lm
 
-from icl import results, runner
-from icl.config import LABEL_SETTINGS, SCORING_ENGINES
+from icl import plan, results
+from icl.demos import LABEL_SETTINGS
 from icl.errors import ICLError
-from icl.runner import plan_cell, run_cell
+from icl.lm.engines import ENGINE_CHOICES as SCORING_ENGINES
+from icl.plan import plan_cell
+from icl.runner import run_cell
 
 SMALL = ("task=sst2", "model=tiny-llama", "eval.n_test=6", "demos.k=2")
 
@@ -125,11 +127,11 @@ def test_auto_engine_is_recorded_resolved_and_resumes_an_explicit_run(tmp_path):
 
 
 def test_auto_engine_names_prefix_shared_for_a_cuda_model(monkeypatch):
-    monkeypatch.setattr(runner, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(plan, "resolve_device", lambda device: torch.device("cuda"))
     cfg = run_config(*SMALL, "model.device=cuda")
-    assert runner.identity(cfg, "review")["engine"] == "prefix_shared"
+    assert plan.cell_identity(cfg, "score").engine == "prefix_shared"
     cfg.scoring.engine = "prefix"
-    assert runner.identity(cfg, "review")["engine"] == "prefix"
+    assert plan.cell_identity(cfg, "score").engine == "prefix"
 
 
 @pytest.mark.parametrize("value", ["many", "0"])

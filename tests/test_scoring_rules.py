@@ -13,20 +13,23 @@ import torch
 from helpers import CountingLoader, fail_if_loaded, run_config, tiny_lm
 from test_cli import ok, run_script
 
-from icl import reports, results, templates
-from icl.config import SCORING_RULES
+from icl import results, templates
 from icl.errors import ICLError
-from icl.rule_passes import rule_requests
-from icl.runner import plan_cell, rescore_cell, run_cell
+from icl.methods.rescore import rescore_cell
+from icl.plan import plan_cell
+from icl.rows import PredictionRow
+from icl.rule_passes import pass_requests
+from icl.runner import run_cell
 from icl.scoring import (
+    SCORING_RULES,
     OptionScores,
-    RuleInputs,
     calibrate,
     content_free_probs,
     normalise,
     predict,
     rule_scores,
 )
+from icl.studies import reports, tables
 
 SMALL = (
     "task=sst2",
@@ -56,15 +59,15 @@ def test_calibration_divides_by_the_content_free_probabilities():
     assert q == pytest.approx(np.array([0.6 / 0.8, 0.4 / 0.2]) / (0.6 / 0.8 + 0.4 / 0.2))
     scores = OptionScores(sums=[np.log(0.6), np.log(0.4)], means=[0.0, 0.0])
     assert predict(scores, "direct") == 0
-    assert predict(scores, "calibrated", RuleInputs(p_cf=p_cf.tolist())) == 1
+    assert predict(scores, "calibrated", {"content_free": p_cf.tolist()}) == 1
 
 
 def test_each_rule_reads_its_own_numbers():
     scores = OptionScores(sums=[-3.0, -4.0], means=[-3.0, -1.0])
     assert predict(scores, "direct") == 0
     assert predict(scores, "direct_mean") == 1
-    assert predict(scores, "pmi", RuleInputs(premise=[-1.0, -3.5])) == 1  # -2.0 < -0.5
-    assert predict(scores, "channel", RuleInputs(channel=[-20.0, -10.0])) == 1
+    assert predict(scores, "pmi", {"premise": [-1.0, -3.5]}) == 1  # -2.0 < -0.5
+    assert predict(scores, "channel", {"channel": [-20.0, -10.0]}) == 1
     assert predict(OptionScores([-1.0, -1.0], [-1.0, -1.0])) == 0  # ties go to the lower class
     with pytest.raises(ValueError, match="content_free"):
         rule_scores(scores, "calibrated")
@@ -92,7 +95,7 @@ def test_each_rule_reads_its_own_numbers():
 def test_channel_demo_puts_the_answer_prefix_and_word_before_the_input(input_format, premise, demo):
     template = SimpleNamespace(input=input_format, answer_sep=" ", instruction="", demo_sep="\n\n")
     fields = {"text": "a b", "premise": "P {x}", "hypothesis": "H"}
-    assert templates.domain_premise(template) == premise
+    assert templates.answer_prefix(template) == premise
     assert templates.render_channel_demo(template, fields, "positive") == demo
     label = templates.render_channel_label(template, "positive")
     assert label + templates.render_channel_input(template, fields) == demo
@@ -251,7 +254,7 @@ def test_extra_prompts_drop_demonstrations_to_fit_the_context():
     plan = plan_cell(run_config(*SMALL, "demos.k=8", ALL_RULES))
     options = ((1,), (2,))
     for need in ("content_free", "premise", "channel"):
-        for requests in rule_requests(lm, plan, [0] * len(plan.test), options, need):
+        for requests in pass_requests(lm, plan, [0] * len(plan.test), options, need):
             for r in requests:
                 assert len(r.prefix) + len(r.query) + max(map(len, r.options)) <= lm.max_length
 
@@ -285,12 +288,13 @@ def test_runs_from_before_the_rules_resume_and_rescore(tmp_path):
     run_cell(cfg, load_model=CountingLoader())
     metrics = results.read_metrics(tmp_path)
     rows = results.read_predictions(tmp_path)
-    for key in ("extra_rules", "content_free", "domain_premise", "rules"):
+    for key in ("method", "extra_rules", "content_free", "domain_premise", "rules"):
         del metrics[key]
     for row in rows:
         del row["predictions_by_rule"]
     results.write_metrics(tmp_path, metrics)
-    results.write_predictions(tmp_path, rows)
+    results.write_predictions(tmp_path, [PredictionRow.from_json(row) for row in rows])
+    assert "predictions_by_rule" not in results.read_predictions(tmp_path)[0]
     assert run_cell(cfg, load_model=fail_if_loaded) == metrics  # still a finished cell
     later = rescore_cell(tmp_path, ["pmi"], load_model=CountingLoader())
     assert list(later["rules"]) == ["direct", "pmi"]
@@ -309,7 +313,8 @@ def test_collected_rules_give_a_table_per_rule_and_a_figure(tmp_path):
                 out_dir=tmp_path / f"k{k}-s{seed}",
             )  # fmt: skip
             run_cell(cfg, load_model=loader)
-    runs, seeds = results.write_summary(tmp_path)
+    runs = reports.summary(tmp_path)
+    seeds = pd.read_csv(tmp_path / "summary_seeds.csv")
     assert len(runs) == 4 and len(seeds) == 2
     assert {"calibrated_accuracy_mean", "p_cf_positive_mean"} <= set(seeds.columns)
     by_rule = pd.read_csv(tmp_path / "summary_rules.csv")
@@ -318,10 +323,10 @@ def test_collected_rules_give_a_table_per_rule_and_a_figure(tmp_path):
     for _, row in long.iterrows():
         run = runs[runs["run_dir"] == row["run_dir"]].iloc[0]
         assert row["accuracy"] == run[f"{row['scored_rule']}_accuracy"]
-    table = results.rule_table(by_rule)
+    table = tables.rule_table(by_rule)
     assert list(table.columns) == ["direct", "direct_mean", "calibrated", "pmi"]
     assert list(table.index.get_level_values("k")) == [0, 1]
-    balance = results.balance_table(by_rule)
+    balance = tables.balance_table(by_rule)
     assert list(balance.columns) == [
         "direct predictions (negative / positive)",
         "calibrated predictions (negative / positive)",

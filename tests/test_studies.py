@@ -1,4 +1,4 @@
-"""Study tables and reports (icl/studies.py, icl/reports.py) on synthetic run tables."""
+"""Study tables and reports (icl/studies/) on synthetic run tables."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from helpers import CONF_DIR
 
-from icl import reports, studies
+from icl import studies
 from icl.errors import ICLError
+from icl.studies import reports, tables
 
 
 def runs_frame(rows):
@@ -53,25 +54,25 @@ def test_settings_table_names_zero_shot_no_demos_and_averages_seeds():
             {"task": "a", "k": 16, "labels": "correct_25", "macro_f1": 0.7},
         ]
     )
-    table = studies.settings_table(frame).set_index("setting")
+    table = tables.settings_table(frame).set_index("setting")
     assert list(table.index) == ["no demos", "gold", "correct_25"]
     assert table.loc["gold", "mean"] == pytest.approx(0.7)
     assert table.loc["gold", "std"] == pytest.approx(np.std([0.8, 0.6], ddof=1))
-    correct = studies.correct_percent_table(frame)
+    correct = tables.correct_percent_table(frame)
     assert correct["percent"].tolist() == [25.0, 100.0]
 
 
 def test_early_ascent_finds_the_dip_before_the_rise():
     curve = pd.DataFrame({"k": [0, 1, 2, 4, 8], "mean": [0.6, 0.55, 0.5, 0.58, 0.7]})
-    found = studies.early_ascent(curve)
+    found = tables.early_ascent(curve)
     assert found["lowest_k"] == 2 and found["first_k_above"] == 8 and found["early_ascent"]
     assert found["lowest_minus_zero_shot"] == pytest.approx(-0.1)
     never = pd.DataFrame({"k": [0, 1, 2], "mean": [0.6, 0.5, 0.55]})
-    assert studies.early_ascent(never)["early_ascent"] is False  # no rise above k=0
+    assert tables.early_ascent(never)["early_ascent"] is False  # no rise above k=0
     late = pd.DataFrame({"k": [0, 1, 2], "mean": [0.5, 0.6, 0.4]})
-    assert studies.early_ascent(late)["early_ascent"] is False  # the drop comes after the rise
+    assert tables.early_ascent(late)["early_ascent"] is False  # the drop comes after the rise
     flat = pd.DataFrame({"k": [0, 1], "mean": [0.5, 0.7]})
-    assert studies.early_ascent(flat)["lowest_k"] is None
+    assert tables.early_ascent(flat)["lowest_k"] is None
 
 
 def test_shots_table_gives_t_intervals_and_starts_every_setting_at_k0():
@@ -81,7 +82,7 @@ def test_shots_table_gives_t_intervals_and_starts_every_setting_at_k0():
         for lab in ("gold", "random")
         for s, acc in enumerate([0.6, 0.7, 0.8], 1)
     ]
-    shots = studies.shots_table(runs_frame(rows))
+    shots = tables.shots_table(runs_frame(rows))
     assert set(shots[shots["k"] == 0]["labels"]) == {"gold", "random"}
     row = shots[(shots["k"] == 4) & (shots["labels"] == "gold")].iloc[0]
     assert row["mean"] == pytest.approx(0.7)
@@ -95,7 +96,7 @@ def test_label_words_table_uses_gao_notation_and_order():
         for k in (0, 16)
         for s in (1, 2)
     ]
-    table = studies.label_words_table(runs_frame(rows))
+    table = tables.label_words_table(runs_frame(rows))
     assert list(table.index) == ["great/terrible", "cat/dog", "terrible/great"]
     assert list(table.columns) == ["k=0", "k=16"]
     assert table.loc["great/terrible", "k=0"] == "60.0 ± 0.0"
@@ -113,8 +114,8 @@ def test_perplexity_correlation_is_spearman_and_marks_the_lowest():
         }
         for i, (p, acc) in enumerate(zip(ppl, [0.9, 0.8, 0.85, 0.6, 0.5]))
     ]
-    table = studies.template_table(runs_frame(rows).assign(macro_f1=0.0))
-    stats = studies.perplexity_correlations(table, n_lowest=2).iloc[0]
+    table = tables.template_table(runs_frame(rows).assign(macro_f1=0.0))
+    stats = tables.perplexity_correlations(table, n_lowest=2).iloc[0]
     assert stats["spearman_rho"] == pytest.approx(-0.9)
     assert stats["lowest_ppl_templates"] == "t0, t1"
     assert stats["accuracy_lowest_ppl"] == pytest.approx(0.85)

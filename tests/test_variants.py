@@ -16,8 +16,8 @@ from icl.demos import (
     similar_length_texts,
 )
 from icl.errors import ICLError
-from icl.prompts import demo_pairs
-from icl.runner import ood_corpus_name, plan_cell, run_cell
+from icl.plan import plan_cell
+from icl.runner import run_cell
 
 SMALL = ("task=sst2", "model=tiny-llama", "eval.n_test=4")
 EVERY_SETTING = (
@@ -103,7 +103,7 @@ def test_correct_p_on_a_real_pool_flips_the_rest(percent):
 def test_ood_inputs_replace_every_input_with_a_corpus_text_of_similar_length():
     gold = plan("demos.k=8")
     ood = plan("demos.k=8", "demos.labels=ood_inputs")
-    assert ood_corpus_name(ood.cfg) == "agnews"
+    assert ood.identity.ood_corpus == "agnews"
     demo_set, gold_set = ood.demo_sets[0], gold.demo_sets[0]
     assert demo_set.indices == gold_set.indices and demo_set.shown == gold_set.gold
     corpus = {t for ex in task_pools("agnews").demos for t in ex.fields.values()}
@@ -115,7 +115,7 @@ def test_ood_inputs_replace_every_input_with_a_corpus_text_of_similar_length():
         # no corpus text is much closer in length than the one picked
         closest = np.abs(corpus_lengths - len(target)).min()
         assert abs(len(text) - len(target)) <= closest + 5
-    pairs = demo_pairs(ood, demo_set)
+    pairs = ood.demos[0].pairs
     words = ood.template.label_words
     assert [w for _, w in pairs] == [words[c] for c in gold_set.gold]
 
@@ -129,7 +129,7 @@ def test_ood_inputs_are_nested_across_k():
 def test_ood_corpus_can_be_chosen_and_must_differ_from_the_task(tmp_path):
     chosen = plan("demos.k=2", "demos.labels=ood_inputs", "corpus@demos.ood_task=rte")
     texts = {t for ex in task_pools("rte").demos for t in ex.fields.values()}
-    assert ood_corpus_name(chosen.cfg) == "rte"
+    assert chosen.identity.ood_corpus == "rte"
     assert all(f["text"] in texts for f in chosen.demo_sets[0].inputs)
     cfg = run_config(
         *SMALL, "demos.k=2", "demos.labels=ood_inputs", "corpus@demos.ood_task=sst2",
@@ -156,9 +156,9 @@ def test_random_words_replace_label_words_in_demonstrations_and_options():
     assert set(words) <= set(english_words()) and len(set(words)) == 2
     gold = plan("demos.k=6", "demos.seed=3")
     assert p.demo_sets[0].indices == gold.demo_sets[0].indices
-    shown = [w for _, w in demo_pairs(p, p.demo_sets[0])]
+    shown = [w for _, w in p.demos[0].pairs]
     assert shown == [words[c] for c in gold.demo_sets[0].gold]
-    prefix = templates.render_prefix(p.template, demo_pairs(p, p.demo_sets[0]))
+    prefix = templates.render_prefix(p.template, p.demos[0].pairs)
     for original in gold.template.label_words:
         assert f" {original}\n" not in prefix
 
@@ -170,7 +170,7 @@ def test_random_words_are_fixed_per_seed_and_differ_between_seeds():
 
 def test_no_labels_shows_the_inputs_only():
     p = plan("demos.k=3", "demos.labels=no_labels")
-    pairs = demo_pairs(p, p.demo_sets[0])
+    pairs = p.demos[0].pairs
     prefix = templates.render_prefix(p.template, pairs)
     inputs = [templates.render_input(p.template, p.pool[i].fields) for i in p.demo_sets[0].indices]
     assert prefix == "".join(text + p.template.demo_sep for text in inputs)
@@ -178,7 +178,7 @@ def test_no_labels_shows_the_inputs_only():
 
 def test_labels_only_shows_the_label_words_only():
     p = plan("demos.k=3", "demos.labels=labels_only")
-    prefix = templates.render_prefix(p.template, demo_pairs(p, p.demo_sets[0]))
+    prefix = templates.render_prefix(p.template, p.demos[0].pairs)
     words = [p.template.label_words[c] for c in p.demo_sets[0].gold]
     assert prefix == "".join(w + p.template.demo_sep for w in words)
 

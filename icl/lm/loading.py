@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.metadata
+import json
 import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -38,9 +39,12 @@ class LanguageModel:
     adds_bos: bool
     max_length: int
     device: torch.device
-    # scores of requests already run in this process: identical prompts (every k=0 cell of a
-    # sweep, whatever its label setting or seed) are scored once
-    memo: dict = field(default_factory=dict, repr=False)
+    # what the model's scores depend on (the config it was loaded from); score memos key by it,
+    # so a model with other weights never reads this one's scores. Defaults to the name.
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        self.fingerprint = self.fingerprint or self.name
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a piece of text, never with special tokens."""
@@ -198,6 +202,12 @@ def load_model_and_tokenizer(cfg, dtype: torch.dtype):
     return load_gguf(cfg, dtype)
 
 
+def model_fingerprint(cfg) -> str:
+    """The model's name and a digest of every setting it was loaded with."""
+    settings = json.dumps(asdict(cfg), sort_keys=True, default=str)
+    return f"{cfg.name}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
+
+
 def load_language_model(cfg) -> LanguageModel:
     """The model named by a ModelConfig, on its device, in eval mode."""
     device = resolve_device(cfg.device)
@@ -207,6 +217,7 @@ def load_language_model(cfg) -> LanguageModel:
     max_length = cfg.max_length or getattr(model.config, "max_position_embeddings", None) or 2048
     return LanguageModel(
         name=cfg.name,
+        fingerprint=model_fingerprint(cfg),
         model=model,
         tokenizer=tokenizer,
         adds_bos=tokenizer_adds_bos(tokenizer),

@@ -1,74 +1,14 @@
-"""The ready-made studies: which sweeps each runs, and the tables each reports.
-
-A study is one or more ``icl-run`` multiruns of its experiment config (``conf/experiment``),
-then tables (here) and figures (``icl.plots``) from the collected runs. Everything below the
-registry is pure: a DataFrame of runs in, a DataFrame or text out.
-"""
+"""The studies' tables: pure functions from the collected runs (a DataFrame) to a DataFrame
+or text (Min et al.'s settings, Gonen et al.'s perplexity correlation, Gao et al.'s label
+words, the shots curve and its early ascent, Zhao et al.'s rules)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from icl.demos import correct_percent
-from icl.errors import unknown_name
-
-LOCAL_TASKS = ("sst2", "rotten_tomatoes", "agnews", "rte", "cb")
-
-
-@dataclass(frozen=True)
-class Study:
-    """An experiment config, the extra sweeps it needs, and what it reports."""
-
-    name: str
-    # extra override sets, each one more multirun of the experiment (e.g. the zero-shot cells)
-    extra_sweeps: tuple[tuple[str, ...], ...] = ()
-    # one multirun per task, for sweeps whose values depend on the task (its templates)
-    per_task: tuple[str, ...] = ()
-    # the report kinds (tables and figures) of this study
-    reports: tuple[str, ...] = field(default_factory=tuple)
-
-
-STUDIES = {
-    "demo": Study("demo", reports=("curve",)),
-    "min2022_labels": Study(
-        "min2022_labels",
-        extra_sweeps=(("demos.k=0", "demos.labels=gold", "demos.seed=1"),),
-        reports=("labels",),
-    ),
-    "template_sweep": Study("template_sweep", per_task=LOCAL_TASKS, reports=("templates",)),
-    "label_words": Study("label_words", reports=("label_words",)),
-    "shots_curve": Study("shots_curve", reports=("shots",)),
-    "scoring_rules": Study("scoring_rules", reports=("rules",)),
-}
-QUICK_TASKS = {"template_sweep": ("sst2", "cb")}
-
-
-def get_study(name: str) -> Study:
-    if name not in STUDIES:
-        raise unknown_name("study", name, STUDIES)
-    return STUDIES[name]
-
-
-def sweep_commands(study: Study, quick: bool, overrides: list[str]) -> list[list[str]]:
-    """The icl-run argument lists that run a study (quick: its ``NAME_quick`` config)."""
-    experiment = f"+experiment={study.name}_quick" if quick else f"+experiment={study.name}"
-    tasks = QUICK_TASKS.get(study.name, study.per_task) if quick else study.per_task
-    base = [[experiment, f"task={t}"] for t in tasks] or [[experiment]]
-    commands = []
-    for args in base:
-        commands.append(args + overrides)
-        for extra in study.extra_sweeps:
-            # the extra sweep's own values win over the user's (e.g. its single zero-shot seed)
-            fixed = {o.split("=", 1)[0] for o in extra}
-            kept = [o for o in overrides if o.split("=", 1)[0] not in fixed]
-            commands.append(args + list(extra) + kept)
-    return commands
-
-
-# ---------------------------------------------------------------- tables
+from icl.demos import CHART_ORDER, NO_DEMOS, correct_percent
+from icl.scoring import SCORING_RULES
 
 
 def mean_std(values: pd.Series) -> tuple[float, float, int]:
@@ -77,29 +17,15 @@ def mean_std(values: pd.Series) -> tuple[float, float, int]:
     return float(values.mean()), std, int(len(values))
 
 
-def cell_text(mean: float, std: float, scale: float = 100.0) -> str:
-    return f"{mean * scale:.1f} ± {std * scale:.1f}"
+def mean_std_text(mean: float, std: float, scale: float = 100.0, digits: int = 1) -> str:
+    """'mean ± std', scaled (percent by default); a missing std (one seed) reads 0."""
+    std = 0.0 if pd.isna(std) else std
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
 
 
 def setting_name(row) -> str:
     """The label a study chart gives a run: 'no demos' for k=0, else the label setting."""
-    return "no demos" if row["k"] == 0 else row["labels"]
-
-
-SETTING_ORDER = [
-    "no demos",
-    "gold",
-    "random",
-    "random_true_dist",
-    "correct_75",
-    "correct_50",
-    "correct_25",
-    "correct_0",
-    "ood_inputs",
-    "random_words",
-    "no_labels",
-    "labels_only",
-]
+    return NO_DEMOS if row["k"] == 0 else row["labels"]
 
 
 def settings_table(runs: pd.DataFrame, metric: str = "macro_f1") -> pd.DataFrame:
@@ -110,16 +36,16 @@ def settings_table(runs: pd.DataFrame, metric: str = "macro_f1") -> pd.DataFrame
         mean, std, n = mean_std(group[metric])
         rows.append({"task": task, "setting": setting, "mean": mean, "std": std, "n_seeds": n})
     table = pd.DataFrame(rows)
-    order = {s: i for i, s in enumerate(SETTING_ORDER)}
+    order = {s: i for i, s in enumerate(CHART_ORDER)}
     table["order"] = table["setting"].map(lambda s: order.get(s, len(order)))
     return table.sort_values(["task", "order"]).drop(columns="order").reset_index(drop=True)
 
 
 def pivot_text(table: pd.DataFrame, index: str, columns: str) -> pd.DataFrame:
     """A mean ± std (percent) table with one row per ``index`` and a column per ``columns``."""
-    frame = table.assign(cell=[cell_text(m, s) for m, s in zip(table["mean"], table["std"])])
+    frame = table.assign(cell=[mean_std_text(m, s) for m, s in zip(table["mean"], table["std"])])
     wide = frame.pivot(index=index, columns=columns, values="cell")
-    ordered = [c for c in SETTING_ORDER if c in wide.columns]
+    ordered = [c for c in CHART_ORDER if c in wide.columns]
     return wide[ordered + [c for c in wide.columns if c not in ordered]]
 
 
@@ -200,7 +126,7 @@ def label_words_bars(runs: pd.DataFrame) -> pd.DataFrame:
 def label_words_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Accuracy mean ± std per label-word pair (rows) and k (columns), Gao et al. Table form."""
     bars = label_words_bars(runs)
-    cells = bars.assign(cell=[cell_text(m, s) for m, s in zip(bars["mean"], bars["std"])])
+    cells = bars.assign(cell=[mean_std_text(m, s) for m, s in zip(bars["mean"], bars["std"])])
     wide = cells.pivot(index="task", columns="setting", values="cell")
     wide = wide.loc[list(dict.fromkeys(bars["task"])), list(dict.fromkeys(bars["setting"]))]
     wide.index.name, wide.columns.name = "label words", None
@@ -277,3 +203,52 @@ def markdown(frame: pd.DataFrame, index: bool = True, digits: int = 3) -> str:
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     body = ["| " + " | ".join(text(v) for v in row) + " |" for row in frame.itertuples(False)]
     return "\n".join([header, rule, *body])
+
+
+def curve_table(seeds: pd.DataFrame, metric: str = "accuracy") -> str:
+    """A metric's mean ± std per k (rows) and label setting (columns), as plain text."""
+    frame = seeds.assign(
+        cell=[
+            mean_std_text(m, s, scale=1.0, digits=3)
+            for m, s in zip(seeds[f"{metric}_mean"], seeds[f"{metric}_std"])
+        ]
+    )
+    index = [c for c in ["task", "model", "template", "k"] if c in frame]
+    table = frame.pivot_table(index=index, columns="labels", values="cell", aggfunc="first")
+    return table.to_string()
+
+
+def rule_table(rule_seeds: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy (%) mean ± std over seeds per k (rows) and rule (columns): Zhao et al.'s Table 4."""
+    frame = rule_seeds.copy()
+    frame["cell"] = [
+        mean_std_text(m, s) for m, s in zip(frame["accuracy_mean"], frame["accuracy_std"])
+    ]
+    index = [c for c in ["task", "model", "template", "labels", "n_test", "k"] if c in frame]
+    table = frame.pivot_table(index=index, columns="scored_rule", values="cell", aggfunc="first")
+    table = table[[r for r in SCORING_RULES if r in table.columns]]
+    table.columns.name = None
+    return table
+
+
+def balance_table(rule_seeds: pd.DataFrame, rules=("direct", "calibrated")) -> pd.DataFrame:
+    """Prediction shares per class (mean over seeds) per k for each of ``rules``, and p_cf."""
+    frame = rule_seeds[rule_seeds["scored_rule"].isin(rules)]
+    shares = [c for c in frame.columns if c.startswith("prediction_share_") and c.endswith("_mean")]
+    names = " / ".join(c[len("prediction_share_") : -len("_mean")] for c in shares)
+    p_cf = [f"p_cf_{c[len('prediction_share_') :]}" for c in shares]
+    index = [c for c in ["task", "model", "template", "labels", "n_test", "k"] if c in frame]
+    columns = {
+        f"{rule} predictions ({names})": frame[frame["scored_rule"] == rule].set_index(index)[
+            shares
+        ]
+        for rule in rules
+    }
+    if all(c in frame for c in p_cf):
+        calibrated = frame[frame["scored_rule"] == rules[-1]].set_index(index)
+        columns[f"p_cf ({names})"] = calibrated[p_cf]
+    cells = {
+        label: values.apply(lambda row: " / ".join(f"{v:.2f}" for v in row), axis=1)
+        for label, values in columns.items()
+    }
+    return pd.concat(cells, axis=1)

@@ -1,0 +1,168 @@
+"""The ``score`` method: each test example's label words scored after its k-shot prompt, under
+one or more scoring rules, with the prompt's perplexity.
+
+The plan (``icl.plan``) has chosen the test examples, their demonstrations as shown, the
+template and its label words, the rules and the engine; this module tokenizes the prompts,
+runs the scoring and the rules' extra passes, and turns the scores into rows and metrics.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from icl import templates
+from icl.lm import Scorer
+from icl.methods import CellOutput, Method, register
+from icl.metrics import accuracy, classification_metrics
+from icl.plan import CellPlan, cell_identity, plan_cell, require
+from icl.prompts import build_prompt, option_tokens, prompt_perplexity, prompt_request
+from icl.rows import PredictionRow
+from icl.rule_passes import mean_p_cf, rule_inputs, rule_metrics, rule_predictions, set_rule_fields
+from icl.scoring import option_scores
+
+NAME = "score"
+SUMMARY_METRICS = (
+    "accuracy",
+    "macro_f1",
+    "share_demo_labels_correct",
+    "zero_shot_perplexity",
+    "kshot_perplexity",
+    "accuracy_vs_permuted",
+)
+
+
+def scorer_for(plan: CellPlan, models) -> Scorer:
+    """The plan's model with its engine, batch size and the store's memo."""
+    lm = models.get(plan.model)
+    return Scorer(lm, plan.scoring.engine, plan.scoring.batch_size, models.memo)
+
+
+def run(plan: CellPlan, models) -> CellOutput:
+    """Score the plan's prompts, run the rules' extra passes, and build rows and metrics."""
+    scorer = scorer_for(plan, models)
+    lm = scorer.lm
+    options = option_tokens(lm, plan.template)
+    prompts = [
+        build_prompt(lm, plan.template, demos.pairs, ex.fields, options, f"example {ex.id}")
+        for demos, ex in zip(plan.demos, plan.test)
+    ]
+    # with no demonstrations the scored prompt is the zero-shot prompt: one pass gives both
+    zero_shot = all(not demos.ids for demos in plan.demos)
+    started = time.perf_counter()
+    want_query = plan.scoring.kshot_perplexity or zero_shot
+    scored = scorer.score([p.request for p in prompts], want_query, plan.scoring.progress)
+    dropped = [p.n_dropped for p in prompts]
+    inputs = rule_inputs(scorer, plan, dropped, options, plan.scoring.rules)
+    scoring_s = time.perf_counter() - started
+    if zero_shot:
+        zero_ppl = [prompt_perplexity(r) for r in scored]
+    else:
+        zero_ppl = zero_shot_perplexities(scorer, plan)
+    rows = prediction_rows(plan, prompts, scored, zero_ppl, inputs)
+    metrics = cell_metrics(plan, rows)
+    metrics.update(
+        device=str(lm.device),
+        scoring_s=scoring_s,
+        examples_per_s=len(rows) / scoring_s if scoring_s else None,
+    )
+    return CellOutput(rows, metrics)
+
+
+def zero_shot_perplexities(scorer: Scorer, plan: CellPlan) -> list[float]:
+    """Perplexity of each zero-shot prompt (instruction, template and input; no label).
+
+    The memo runs each one once per process, however many cells need it.
+    """
+    requests = [
+        prompt_request(
+            scorer.lm, plan.template, [], templates.render_input(plan.template, ex.fields), ()
+        )
+        for ex in plan.test
+    ]
+    return [prompt_perplexity(r) for r in scorer.score(requests, want_query=True)]
+
+
+def prediction_rows(plan: CellPlan, prompts, scored, zero_ppl, inputs) -> list[PredictionRow]:
+    """One row per test example: what was shown, what was scored, what won."""
+    names = plan.label_names
+    rows = []
+    for ex, demos, prompt, result, zppl, extra in zip(
+        plan.test, plan.demos, prompts, scored, zero_ppl, inputs
+    ):
+        scores = option_scores(result.option_logprobs)
+        by_rule = rule_predictions(scores, plan.scoring.rules, extra)
+        pred = by_rule[plan.scoring.rule]
+        kept = slice(prompt.n_dropped, None)
+        row = PredictionRow(
+            example_id=ex.id,
+            demo_ids=demos.ids[kept],
+            demo_label_words=[word for _, word in demos.pairs][kept],
+            demo_gold_words=demos.gold_words[kept],
+            n_demos_dropped=prompt.n_dropped,
+            option_logprob=dict(zip(names, scores.sums)),
+            option_logprob_mean=dict(zip(names, scores.means)),
+            option_token_logprobs=dict(zip(names, result.option_logprobs)),
+            prediction=names[pred],
+            prediction_index=pred,
+            gold=names[ex.label],
+            gold_index=ex.label,
+            correct=pred == ex.label,
+            prompt_tokens=len(prompt.request.prefix) + len(prompt.request.query),
+            zero_shot_perplexity=zppl,
+            kshot_perplexity=prompt_perplexity(result) if plan.scoring.kshot_perplexity else None,
+        )
+        set_rule_fields(row, names, by_rule, extra)
+        rows.append(row)
+    return rows
+
+
+def cell_metrics(plan: CellPlan, rows: list[PredictionRow]) -> dict:
+    """Accuracy, macro-F1 and the rest of a cell's numbers, per rule too."""
+    names = plan.label_names
+    pred = [r.prediction_index for r in rows]
+    gold = [r.gold_index for r in rows]
+    metrics = classification_metrics(pred, gold, names)
+    shown_correct = [d.share_correct for d in plan.demos if d.ids]
+    metrics["share_demo_labels_correct"] = float(np.mean(shown_correct)) if shown_correct else None
+    metrics["mean_demos_dropped"] = float(np.mean([r.n_demos_dropped for r in rows]))
+    metrics["zero_shot_perplexity"] = float(np.mean([r.zero_shot_perplexity for r in rows]))
+    if plan.scoring.kshot_perplexity:
+        metrics["kshot_perplexity"] = float(np.mean([r.kshot_perplexity for r in rows]))
+    # the words the options were scored by (the template's, an override, or random words)
+    metrics["option_words"] = dict(zip(names, plan.template.label_words))
+    if plan.label_mapping is not None:
+        metrics["label_mapping"] = plan.label_mapping
+        shown_as = [names.index(plan.label_mapping[names[g]]) for g in gold]
+        metrics["accuracy_vs_permuted"] = accuracy(pred, shown_as)
+    metrics["rules"] = rule_metrics(rows, names)
+    p_cf = mean_p_cf(rows, names)
+    if p_cf is not None:
+        metrics["p_cf"] = p_cf
+    return metrics
+
+
+def identity(cfg):
+    require(cfg, NAME, "model", "task")
+    return cell_identity(cfg, NAME)
+
+
+def describe(metrics: dict) -> str:
+    return (
+        f"{metrics['task']} k={metrics['k']} labels={metrics['labels']} seed={metrics['seed']}: "
+        f"accuracy {metrics['accuracy']:.3f} macro-F1 {metrics['macro_f1']:.3f} (n={metrics['n']})"
+    )
+
+
+METHOD = register(
+    Method(
+        name=NAME,
+        identity=identity,
+        plan=lambda cfg, cell=None: plan_cell(cfg, NAME, cell),
+        run=run,
+        row_type=PredictionRow,
+        summary_metrics=SUMMARY_METRICS,
+        describe=describe,
+    )
+)
