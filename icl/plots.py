@@ -34,8 +34,10 @@ def plot_accuracy_vs_k(
 ) -> Path:
     """One panel per (task, model, template); a line per value of ``by`` (the label setting,
     or ``scored_rule`` in the long form ``results.rule_runs``), a ±1 std band over seeds."""
-    keys = [k for k in PANEL_KEYS if k in runs]
-    panels = list(runs.groupby(keys, sort=True))
+    keys = [k for k in PANEL_KEYS if k in runs and runs[k].notna().any()]
+    # runs without a task or label setting (a synthetic study): one panel, one line
+    runs = runs.assign(**{by: runs[by].astype(object).fillna(metric) if by in runs else metric})
+    panels = list(runs.groupby(keys, sort=True)) if keys else [((), runs)]
     colours = {**LABEL_COLOURS, **RULE_COLOURS}
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
     for ax, (panel, frame) in zip(axes[0], panels):

@@ -213,7 +213,10 @@ def curve_table(seeds: pd.DataFrame, metric: str = "accuracy") -> str:
             for m, s in zip(seeds[f"{metric}_mean"], seeds[f"{metric}_std"])
         ]
     )
-    index = [c for c in ["task", "model", "template", "k"] if c in frame]
+    index = [c for c in ["task", "model", "template", "k"] if c in frame and frame[c].notna().any()]
+    # runs without a label setting (a synthetic study) give one column, named by the metric
+    columns = frame["labels"].astype(object).fillna(metric) if "labels" in frame else metric
+    frame = frame.assign(labels=columns)
     table = frame.pivot_table(index=index, columns="labels", values="cell", aggfunc="first")
     return table.to_string()
 
