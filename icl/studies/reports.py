@@ -15,9 +15,8 @@ from icl.demos import ABLATION_SETTINGS, NO_DEMOS
 from icl.errors import ICLError, unknown_name
 from icl.methods import summary_metrics
 from icl.results import collect_runs, rule_runs, summarise_seeds, write_summary
-from icl.studies import tables as study_tables
+from icl.studies import tables as tables_
 
-REPORTS = ("curve", "labels", "templates", "label_words", "shots", "rules")
 METRIC_NAMES = {"accuracy": "accuracy (%)", "macro_f1": "macro-F1 (%)"}
 
 
@@ -41,47 +40,45 @@ def check_metric(runs: pd.DataFrame, metric: str) -> None:
 
 
 def _write_table(root: Path, stem: str, frame: pd.DataFrame, index: bool = True) -> str:
-    text = study_tables.markdown(frame, index=index)
+    text = tables_.markdown(frame, index=index)
     (root / f"{stem}.md").write_text(text + "\n")
     frame.to_csv(root / f"{stem}.csv", index=index)
     return text
 
 
-def tables(kind: str, root: Path, runs: pd.DataFrame | None = None) -> str:
-    """Write the tables of a report kind under root; return them as Markdown.
+def curve_tables(root: Path, runs: pd.DataFrame) -> str:
+    """The headline metric per k and label setting (no file: icl-collect prints it)."""
+    metrics = metrics_of(runs)
+    return tables_.curve_table(summarise_seeds(runs, metrics), metrics[0])
 
-    ``runs`` is the collected table of root's runs; without it they are collected here.
-    """
-    root = Path(root)
-    runs = summary(root) if runs is None else runs
-    if kind == "curve":
-        metrics = metrics_of(runs)
-        return study_tables.curve_table(summarise_seeds(runs, metrics), metrics[0])
-    if kind == "labels":
-        parts = []
-        for metric in ("macro_f1", "accuracy"):
-            wide = study_tables.pivot_text(
-                study_tables.settings_table(runs, metric), "task", "setting"
-            )
-            parts.append(f"{metric} (mean ± std over seeds, %)\n\n")
-            parts.append(_write_table(root, f"labels_{metric}", wide) + "\n\n")
-        return "".join(parts)
-    if kind == "templates":
-        table = study_tables.template_table(runs)
-        stats = study_tables.perplexity_correlations(table)
-        _write_table(root, "templates", table, index=False)
-        return _write_table(root, "perplexity_correlation", stats, index=False)
-    if kind == "label_words":
-        return _write_table(root, "label_words", study_tables.label_words_table(runs))
-    if kind == "shots":
-        shots = study_tables.shots_table(runs)
-        _write_table(root, "shots", shots, index=False)
-        return _write_table(
-            root, "early_ascent", study_tables.early_ascent_table(shots), index=False
-        )
-    if kind == "rules":
-        return rules_tables(root, runs)
-    raise unknown_name("report", kind, REPORTS)
+
+def labels_tables(root: Path, runs: pd.DataFrame) -> str:
+    """Min et al.'s settings per task, in macro-F1 and in accuracy."""
+    parts = []
+    for metric in ("macro_f1", "accuracy"):
+        wide = tables_.pivot_text(tables_.settings_table(runs, metric), "task", "setting")
+        parts.append(f"{metric} (mean ± std over seeds, %)\n\n")
+        parts.append(_write_table(root, f"labels_{metric}", wide) + "\n\n")
+    return "".join(parts)
+
+
+def templates_tables(root: Path, runs: pd.DataFrame) -> str:
+    """Accuracy and perplexity per template; Spearman's rho per task."""
+    table = tables_.template_table(runs)
+    stats = tables_.perplexity_correlations(table)
+    _write_table(root, "templates", table, index=False)
+    return _write_table(root, "perplexity_correlation", stats, index=False)
+
+
+def label_words_tables(root: Path, runs: pd.DataFrame) -> str:
+    return _write_table(root, "label_words", tables_.label_words_table(runs))
+
+
+def shots_tables(root: Path, runs: pd.DataFrame) -> str:
+    """The shots curve with 95% intervals, and its early ascent."""
+    shots = tables_.shots_table(runs)
+    _write_table(root, "shots", shots, index=False)
+    return _write_table(root, "early_ascent", tables_.early_ascent_table(shots), index=False)
 
 
 def rules_tables(root: Path, runs: pd.DataFrame) -> str:
@@ -90,14 +87,101 @@ def rules_tables(root: Path, runs: pd.DataFrame) -> str:
     by_rule = summarise_seeds(rule_runs(runs), metrics_of(runs))
     parts = [
         "accuracy per scoring rule (mean ± std over seeds, %)\n\n",
-        _write_table(root, "rules_accuracy", study_tables.rule_table(by_rule)) + "\n",
+        _write_table(root, "rules_accuracy", tables_.rule_table(by_rule)) + "\n",
     ]
     if "calibrated" in set(by_rule["scored_rule"]):
         parts.append("\nprediction shares per class before and after calibration, and p_cf\n\n")
-        parts.append(
-            _write_table(root, "rules_balance", study_tables.balance_table(by_rule)) + "\n"
-        )
+        parts.append(_write_table(root, "rules_balance", tables_.balance_table(by_rule)) + "\n")
     return "".join(parts)
+
+
+def curve_figures(root: Path, runs: pd.DataFrame, metric: str, out: Path | None) -> list[Path]:
+    out = out or root / f"{metric}_vs_k.png"
+    return [plots.plot_accuracy_vs_k(runs, out, metric=metric)]
+
+
+def labels_figures(root: Path, runs: pd.DataFrame, metric: str, out=None) -> list[Path]:
+    """Min et al.'s bar charts and the share-of-correct-labels line, in macro-F1 as theirs."""
+    table = tables_.settings_table(runs, "macro_f1")
+    correct = tables_.correct_percent_table(runs, "macro_f1")
+    zero = table[table["setting"] == NO_DEMOS]
+    ylabel = METRIC_NAMES["macro_f1"]
+    return [
+        plots.plot_setting_bars(
+            table,
+            root / "labels_gold_vs_random.png",
+            [NO_DEMOS, "gold", "random"],
+            ylabel,
+            "no demonstrations, gold and random labels (k=16, ± std over seeds)",
+        ),
+        plots.plot_setting_bars(
+            table,
+            root / "labels_ablations.png",
+            ABLATION_SETTINGS,
+            ylabel,
+            "what matters in demonstrations (k=16, ± std over seeds)",
+        ),
+        plots.plot_correct_percent(correct, zero, root / "labels_correct_share.png", ylabel),
+    ]
+
+
+def templates_figures(root: Path, runs: pd.DataFrame, metric: str, out=None) -> list[Path]:
+    table = tables_.template_table(runs)
+    stats = tables_.perplexity_correlations(table)
+    return [plots.plot_perplexity_scatter(table, stats, root / "templates_perplexity.png")]
+
+
+def label_words_figures(root: Path, runs: pd.DataFrame, metric: str, out=None) -> list[Path]:
+    table = tables_.label_words_bars(runs)
+    return [
+        plots.plot_setting_bars(
+            table,
+            root / "label_words.png",
+            list(dict.fromkeys(table["setting"])),
+            METRIC_NAMES["accuracy"],
+            "label words (positive/negative), ± std over seeds",
+        )
+    ]
+
+
+def shots_figures(root: Path, runs: pd.DataFrame, metric: str, out=None) -> list[Path]:
+    shots = tables_.shots_table(runs, metric)
+    ascent = tables_.early_ascent_table(shots)
+    ylabel = METRIC_NAMES.get(metric, metric.replace("_", " "))
+    return [plots.plot_shots_curve(shots, ascent, root / f"shots_{metric}.png", ylabel)]
+
+
+def rules_figures(root: Path, runs: pd.DataFrame, metric: str, out=None) -> list[Path]:
+    out = root / f"{metric}_vs_k_by_rule.png"
+    return [plots.plot_accuracy_vs_k(rule_runs(runs), out, metric=metric, by="scored_rule")]
+
+
+# each report kind: its tables (root, runs) -> Markdown, its figures (root, runs, metric, out)
+REPORT_KINDS = {
+    "curve": (curve_tables, curve_figures),
+    "labels": (labels_tables, labels_figures),
+    "templates": (templates_tables, templates_figures),
+    "label_words": (label_words_tables, label_words_figures),
+    "shots": (shots_tables, shots_figures),
+    "rules": (rules_tables, rules_figures),
+}
+REPORTS = tuple(REPORT_KINDS)
+
+
+def _kind(kind: str):
+    if kind not in REPORT_KINDS:
+        raise unknown_name("report", kind, REPORTS)
+    return REPORT_KINDS[kind]
+
+
+def tables(kind: str, root: Path, runs: pd.DataFrame | None = None) -> str:
+    """Write the tables of a report kind under root; return them as Markdown.
+
+    ``runs`` is the collected table of root's runs; without it they are collected here.
+    """
+    write, _ = _kind(kind)
+    root = Path(root)
+    return write(root, summary(root) if runs is None else runs)
 
 
 def figures(
@@ -109,58 +193,9 @@ def figures(
 ) -> list[Path]:
     """Draw the figures of a report kind into root (the curve into ``out`` when given); return
     their paths. ``metric`` defaults to the runs' headline; ``runs`` as for ``tables``."""
+    _, draw = _kind(kind)
     root = Path(root)
     runs = summary(root) if runs is None else runs
     metric = metric or metrics_of(runs)[0]
     check_metric(runs, metric)
-    ylabel = METRIC_NAMES.get(metric, metric.replace("_", " "))
-    if kind == "curve":
-        out = out or root / f"{metric}_vs_k.png"
-        return [plots.plot_accuracy_vs_k(runs, out, metric=metric)]
-    if kind == "labels":
-        # Min et al. report macro-F1 for classification; the figures follow them
-        table = study_tables.settings_table(runs, "macro_f1")
-        correct = study_tables.correct_percent_table(runs, "macro_f1")
-        zero = table[table["setting"] == NO_DEMOS]
-        return [
-            plots.plot_setting_bars(
-                table,
-                root / "labels_gold_vs_random.png",
-                [NO_DEMOS, "gold", "random"],
-                METRIC_NAMES["macro_f1"],
-                "no demonstrations, gold and random labels (k=16, ± std over seeds)",
-            ),
-            plots.plot_setting_bars(
-                table,
-                root / "labels_ablations.png",
-                ABLATION_SETTINGS,
-                METRIC_NAMES["macro_f1"],
-                "what matters in demonstrations (k=16, ± std over seeds)",
-            ),
-            plots.plot_correct_percent(
-                correct, zero, root / "labels_correct_share.png", METRIC_NAMES["macro_f1"]
-            ),
-        ]
-    if kind == "templates":
-        table = study_tables.template_table(runs)
-        stats = study_tables.perplexity_correlations(table)
-        return [plots.plot_perplexity_scatter(table, stats, root / "templates_perplexity.png")]
-    if kind == "label_words":
-        table = study_tables.label_words_bars(runs)
-        return [
-            plots.plot_setting_bars(
-                table,
-                root / "label_words.png",
-                list(dict.fromkeys(table["setting"])),
-                METRIC_NAMES["accuracy"],
-                "label words (positive/negative), ± std over seeds",
-            )
-        ]
-    if kind == "shots":
-        shots = study_tables.shots_table(runs, metric)
-        ascent = study_tables.early_ascent_table(shots)
-        return [plots.plot_shots_curve(shots, ascent, root / f"shots_{metric}.png", ylabel)]
-    if kind == "rules":
-        out = root / f"{metric}_vs_k_by_rule.png"
-        return [plots.plot_accuracy_vs_k(rule_runs(runs), out, metric=metric, by="scored_rule")]
-    raise unknown_name("report", kind, REPORTS)
+    return draw(root, runs, metric, out)
