@@ -142,6 +142,32 @@ class ScoringConfig:
 
 
 @dataclass
+class DecodingConfig:
+    """How method=generate writes its answers (icl/lm/sampling.py, icl/lm/decoding.py)."""
+
+    strategy: str = "greedy"  # greedy | sample
+    # sample: applied in this order; top_k 0 and top_p 1.0 are off
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    # an answer ends at a newline or the demonstration separator, or after this many tokens
+    max_new_tokens: int = 5
+    # how an answer becomes a class: exact (a label word, normalised) | prefix (starts with one)
+    match: str = "exact"
+    # answers drawn per test example (sample; more than one also reports the majority vote)
+    samples: int = 1
+    # none | draft (a smaller model of the same tokenizer) | prompt_lookup
+    speculative: str = "none"
+    # speculative=draft: the draft model, e.g. +model@decoding.draft=smollm2-135m
+    draft: ModelConfig | None = None
+    draft_tokens: int = 4
+    # prompt_lookup: the longest n-gram matched against the prompt
+    lookup_ngram: int = 3
+    # the answers' random stream (with the test example and the sample index)
+    seed: int = 0
+
+
+@dataclass
 class LoggerConfig:
     name: str = "none"
     project: str = "icl"
@@ -152,7 +178,7 @@ class LoggerConfig:
 
 @dataclass
 class MethodConfig:
-    """What a cell does with its plan (``icl.methods``): score label words today."""
+    """What a cell does with its plan (``icl.methods``): score label words, or generate."""
 
     name: str = "score"
 
@@ -166,6 +192,7 @@ class RunConfig:
     demos: DemosConfig = field(default_factory=DemosConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     # the template name; null takes the task's default_template
     template: str | None = None
@@ -190,4 +217,5 @@ def register_configs() -> None:
     cs.store(group="demos", name="demos_schema", node=DemosConfig)
     cs.store(group="eval", name="eval_schema", node=EvalConfig)
     cs.store(group="scoring", name="scoring_schema", node=ScoringConfig)
+    cs.store(group="decoding", name="decoding_schema", node=DecodingConfig)
     cs.store(group="logger", name="logger_schema", node=LoggerConfig)

@@ -22,6 +22,14 @@ LATER_KEYS = {
 }
 
 
+METHOD_SPECIFIC = "method_specific"
+
+
+def _method_specific():
+    """A field only some methods set (None elsewhere, and then not written)."""
+    return field(default=None, metadata={METHOD_SPECIFIC: True})
+
+
 @dataclass(frozen=True)
 class CellIdentity:
     """What names a cell. A method that has no model or task leaves those fields None."""
@@ -45,12 +53,29 @@ class CellIdentity:
     extra_rules: list[str] = field(default_factory=list)
     content_free: list[str] = field(default_factory=list)
     domain_premise: str | None = None
+    # method=generate: how the answers were written (absent from other methods' files)
+    decoding: str | None = _method_specific()
+    temperature: float | None = _method_specific()
+    top_k: int | None = _method_specific()
+    top_p: float | None = _method_specific()
+    max_new_tokens: int | None = _method_specific()
+    answer_match: str | None = _method_specific()
+    samples: int | None = _method_specific()
+    speculative: str | None = _method_specific()
+    draft_model: str | None = _method_specific()
+    draft_tokens: int | None = _method_specific()
+    decoding_seed: int | None = _method_specific()
     task_version: int | None = None
     harness_version: str | None = None
 
     def to_dict(self) -> dict:
-        """The identity as metrics.json keys, in field order."""
-        return {f.name: copy.copy(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """The identity as metrics.json keys, in field order; a method-specific field that is
+        None is left out, so one method's files carry no other method's keys."""
+        return {
+            f.name: copy.copy(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if not (f.metadata.get(METHOD_SPECIFIC) and getattr(self, f.name) is None)
+        }
 
     def matches(self, stored: dict) -> bool:
         """Whether a metrics.json (of any harness version's keys) names this cell."""

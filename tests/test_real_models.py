@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from helpers import run_config, task_pools
 
 from icl import templates
+from icl.results import read_predictions
 from icl.lm import ENGINES, ScoreRequest, score_requests
 from icl.lm.loading import tokenizer_adds_bos
 from icl.lm.store import PROCESS_MODELS
@@ -83,3 +85,30 @@ def test_prompt_tokens_are_those_of_the_whole_prompt_string(model, tmp_path):
         text = templates.render_prompt(plan.template, shown, example.fields)
         assert list(prompt.request.prefix + prompt.request.query) == lm.bos + lm.encode(text)
         assert len(prompt.request.prefix) > len(lm.bos)
+
+
+@pytest.mark.slow
+def test_generation_on_smollm2_matches_transformers_greedy_and_speculative_agrees(tmp_path):
+    """Plain greedy answers equal transformers' generate; prompt lookup and a draft model (the
+    same SmolLM2: the only model of its tokenizer that installs offline) give the same tokens."""
+    base = ("model=smollm2-135m", "task=sst2", "demos.k=4", "eval.n_test=3", "method=generate")
+    answers = {}
+    for mode in ("none", "prompt_lookup", "draft"):
+        extra = ["+model@decoding.draft=smollm2-135m"] if mode == "draft" else []
+        cfg = run_config(*base, f"decoding.speculative={mode}", *extra, out_dir=tmp_path / mode)
+        metrics = run_cell(cfg)
+        rows = read_predictions(tmp_path / mode)
+        answers[mode] = [r["generations"][0]["tokens"] for r in rows]
+        assert metrics["format_valid_rate"] == 1.0  # k=4 SST-2: the model answers a label word
+    assert answers["prompt_lookup"] == answers["none"] == answers["draft"]
+    lm = PROCESS_MODELS.get(cfg.model)
+    plan = plan_cell(cfg)
+    options = option_tokens(lm, plan.template)
+    for demos, example, tokens in zip(plan.demos, plan.test, answers["none"]):
+        request = build_prompt(lm, plan.template, demos.pairs, example.fields, options).request
+        ids = torch.tensor([list(request.prefix + request.query)])
+        out = lm.model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+            max_new_tokens=len(tokens), pad_token_id=lm.tokenizer.eos_token_id,
+        )  # fmt: skip
+        assert out[0, ids.shape[1] :].tolist() == tokens

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from icl.errors import unknown_name
 
 # the methods that ship with icl, imported on first use; each module registers itself
-BUILTIN = {"score": "icl.methods.score"}
+BUILTIN = {"score": "icl.methods.score", "generate": "icl.methods.generate"}
 DEFAULT_METHOD = "score"
 
 
