@@ -7,12 +7,12 @@ import torch
 from helpers import run_config, task_pools
 
 from icl import templates
-from icl.results import read_predictions
 from icl.lm import ENGINES, ScoreRequest, score_requests
 from icl.lm.loading import tokenizer_adds_bos
 from icl.lm.store import PROCESS_MODELS
 from icl.plan import plan_cell
 from icl.prompts import build_prompt, option_tokens
+from icl.results import read_predictions
 from icl.runner import run_cell
 
 pytestmark = pytest.mark.slow
