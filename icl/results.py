@@ -115,6 +115,40 @@ def collect_runs(root: Path) -> pd.DataFrame:
     return frame.sort_values(sort_by).reset_index(drop=True)
 
 
+def _example_rows(run_dir: str, lines: list[dict], primary: str) -> list[dict]:
+    """A run's per-example outcomes, one row per (example, rule computed)."""
+    rows = []
+    for line in lines:
+        if "correct" not in line or "option_logprob" not in line:
+            return []  # a method whose rows are not classifications
+        classes = list(line["option_logprob"])
+        by_rule = line.get("predictions_by_rule") or {primary: line["prediction"]}
+        gold = classes.index(line["gold"])
+        for rule, predicted in by_rule.items():
+            pred = classes.index(predicted)
+            rows.append(
+                {"run_dir": run_dir, SCORED_RULE: rule, "example_id": str(line["example_id"]),
+                 "pred": pred, "gold": gold, "n_classes": len(classes), "correct": pred == gold}
+            )  # fmt: skip
+    return rows
+
+
+def collect_examples(root: Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per-example outcomes of the collected runs, read from each run's predictions.jsonl:
+    one row per (run_dir, scored_rule, example_id) with the predicted and gold class indices
+    and ``correct``. Runs without predictions (or not of a classifying method) give none."""
+    root = Path(root)
+    rows = []
+    primaries = runs["rule"] if "rule" in runs else pd.Series(None, index=runs.index)
+    for run_dir, primary in zip(runs["run_dir"], primaries):
+        path = root / run_dir / PREDICTIONS_FILE
+        if path.exists():
+            primary = primary if isinstance(primary, str) else "direct"
+            rows += _example_rows(run_dir, read_predictions(path.parent), primary)
+    columns = ["run_dir", SCORED_RULE, "example_id", "pred", "gold", "n_classes", "correct"]
+    return pd.DataFrame(rows, columns=columns)
+
+
 def rule_columns(runs: pd.DataFrame) -> list[str]:
     """The per-rule metric columns of the collected table (``calibrated_accuracy``, ...)."""
     prefixes = tuple(f"{rule}_" for rule in SCORING_RULES) + ("p_cf_",)
