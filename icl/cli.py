@@ -108,7 +108,7 @@ def rescore(root: Path, rules: list[str]) -> int:
 
 def collect(argv: list[str] | None = None) -> None:
     """Entry point of ``icl-collect DIR [--report KIND] [--rescore RULES]``."""
-    from icl.studies.reports import REPORTS, tables
+    from icl.studies.reports import REPORTS, summary, tables, write_effects
 
     parser = argparse.ArgumentParser(description="Gather every run under DIR into one table.")
     parser.add_argument("dir", type=Path)
@@ -122,17 +122,34 @@ def collect(argv: list[str] | None = None) -> None:
         help="first add these scoring rules (comma-separated: direct_mean, calibrated, pmi) to "
         "every finished run, from its stored log-probs and only the extra passes they need",
     )
+    parser.add_argument(
+        "--effects",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="COLUMNS",
+        help="also write effects.csv and effects.md: paired accuracy differences with 95%% CIs "
+        "and p-values between matched cells, along COLUMNS (comma-separated identity columns, "
+        "e.g. labels,k; every column that varies when omitted)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.rescore:
             setup()
             logging.basicConfig(level=logging.INFO, format="%(message)s")
             rescore(args.dir, [r.strip() for r in args.rescore.split(",") if r.strip()])
-        text = tables(args.report, args.dir)
+        runs = summary(args.dir)
+        text = tables(args.report, args.dir, runs=runs)
+        if args.effects is not None:
+            columns = [c.strip() for c in args.effects.split(",") if c.strip()] or None
+            effects = write_effects(args.dir, runs, columns)
     except (FileNotFoundError, ICLError) as err:
         parser.exit(2, f"icl-collect: error: {err}\n")
     print(f"runs -> {args.dir / 'summary.csv'}, {args.dir / 'summary_seeds.csv'}")
     print(text)
+    if args.effects is not None:
+        print(f"\neffects -> {args.dir / 'effects.csv'}, {args.dir / 'effects.md'}\n")
+        print(effects)
 
 
 def plot(argv: list[str] | None = None) -> None:

@@ -10,11 +10,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from icl import plots
+from icl import effects, plots
 from icl.demos import ABLATION_SETTINGS, NO_DEMOS
 from icl.errors import ICLError, unknown_name
 from icl.methods import summary_metrics
-from icl.results import collect_runs, rule_runs, summarise_seeds, write_summary
+from icl.results import (
+    _write_atomic,
+    collect_examples,
+    collect_runs,
+    rule_runs,
+    summarise_seeds,
+    write_summary,
+)
 from icl.studies import tables as tables_
 
 METRIC_NAMES = {"accuracy": "accuracy (%)", "macro_f1": "macro-F1 (%)"}
@@ -43,6 +50,38 @@ def _write_table(root: Path, stem: str, frame: pd.DataFrame, index: bool = True)
     text = tables_.markdown(frame, index=index)
     (root / f"{stem}.md").write_text(text + "\n")
     frame.to_csv(root / f"{stem}.csv", index=index)
+    return text
+
+
+def effects_markdown(table: pd.DataFrame) -> str:
+    """The effects in percentage points, with the matching values shared by every row said
+    once above the table."""
+    frame = table.copy()
+    shared = [c for c in frame.columns[3:-6] if frame[c].map(str).nunique() == 1]
+    head = ", ".join(f"{c}={frame[c].iloc[0]}" for c in shared if frame[c].notna().all())
+    frame = frame.drop(columns=shared)
+    for column, sign in (("difference", "+"), ("ci_low", ""), ("ci_high", "")):
+        frame[column] = [f"{100 * v:{sign}.1f}" for v in frame[column]]
+    frame["p"] = [f"{p:.2g}" for p in frame["p"]]
+    frame = frame.rename(
+        columns={"difference": "A - B (points)", "a": "A", "b": "B", "ci_low": "CI low",
+                 "ci_high": "CI high"}
+    )  # fmt: skip
+    note = (
+        "paired accuracy differences A - B, 95% CI from a hierarchical bootstrap (seeds, then "
+        "test examples within seeds), p from a sign-flip permutation test"
+    )
+    return f"{note}\n\nin every row: {head or '-'}\n\n" + tables_.markdown(frame, index=False)
+
+
+def write_effects(root: Path, runs: pd.DataFrame, columns: list[str] | None = None) -> str:
+    """effects.csv and effects.md under root: paired effects along ``columns`` (every
+    identity column that varies, by default); return the Markdown."""
+    root = Path(root)
+    table = effects.effects_table(runs, collect_examples(root, runs), columns)
+    _write_atomic(root / "effects.csv", table.to_csv(index=False))
+    text = effects_markdown(table)
+    _write_atomic(root / "effects.md", text + "\n")
     return text
 
 
