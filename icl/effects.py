@@ -23,7 +23,7 @@ from icl.scoring import SCORING_RULES
 # demonstration columns: they change nothing at k=0, where no demonstration is shown
 DEMO_COLUMNS = ("labels", "sampling", "per_example", "nested", "ood_corpus")
 # identity columns never compared: the seed pairs the cells; the rest change the test examples
-NOT_COMPARED = (SEED_FIELD, "n_test", "eval_seed", *VERSION_FIELDS)
+NOT_COMPARED = (SEED_FIELD, "task", "n_test", "eval_seed", *VERSION_FIELDS)
 EFFECT_COLUMNS = ["n_seeds", "n_examples", "difference", "ci_low", "ci_high", "p"]
 
 
@@ -132,8 +132,51 @@ def paired_matrices(a: pd.DataFrame, b: pd.DataFrame, outcomes: dict):
     return seeds, np.array(rows_a), np.array(rows_b)
 
 
+def cell_scores(cell: pd.DataFrame, by_run: dict, metric: str):
+    """The (seeds, examples) matrix a cell's interval resamples, and its statistic: per-example
+    correctness for accuracy and macro-F1 when every run has predictions of the same test
+    examples (``by_run``: (run_dir, scored_rule) -> its rows of the examples table), else each
+    run's value of the metric (seeds only)."""
+    found = [by_run.get(key) for key in zip(cell["run_dir"], cell[SCORED_RULE])]
+    if metric in ("accuracy", "macro_f1") and found and all(f is not None for f in found):
+        ids = found[0]["example_id"].sort_values().to_numpy()
+        rows = [f.set_index("example_id").sort_index() for f in found]
+        if all(np.array_equal(r.index.to_numpy(), ids) for r in rows):
+            pred = np.array([r["pred"].to_numpy() for r in rows], dtype=int)
+            gold = rows[0]["gold"].to_numpy(dtype=int)
+            scores = (pred == gold).astype(float)
+            if metric == "accuracy":
+                return scores, None
+            return scores, stats.macro_f1_statistic(pred, gold, int(rows[0]["n_classes"].max()))
+    values = cell[metric].dropna().to_numpy(dtype=float) if metric in cell else np.array([])
+    return values[:, None], None
+
+
+def cell_intervals(
+    runs: pd.DataFrame, examples: pd.DataFrame, keys: list[str], metrics: list[str], seed=0
+) -> pd.DataFrame:
+    """The 95% interval (``<metric>_ci_low``, ``<metric>_ci_high``) of each metric's mean
+    over seeds per group of ``keys``: the hierarchical bootstrap where per-example outcomes
+    exist, the bootstrap over seeds elsewhere."""
+    runs = runs if SCORED_RULE in runs else runs.assign(**{SCORED_RULE: runs.get("rule")})
+    by_run = dict(iter(examples.groupby(["run_dir", SCORED_RULE]))) if len(examples) else {}
+    rows = []
+    for values, cell in runs.groupby(keys, dropna=False, sort=False):
+        row = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
+        for metric in metrics:
+            scores, statistic = cell_scores(cell, by_run, metric)
+            low = high = float("nan")
+            if scores.size:
+                rng = _rng(seed, metric)  # the same scores give the same interval
+                low, high = stats.interval(scores, rng, statistic)
+            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = low, high
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _rng(seed: int, *parts) -> np.random.Generator:
-    """A generator per effect, from a stable hash of its names: reproducible in any order."""
+    """A generator per interval or effect, from the seed and a stable hash of what it is for:
+    the same scores give the same numbers, in any order and any table."""
     return np.random.default_rng([seed, zlib.crc32("\x1f".join(map(str, parts)).encode())])
 
 
@@ -141,7 +184,7 @@ def column_effects(runs, outcomes, column: str, seed: int = 0, **kwargs) -> list
     """A - B along one identity column, for every matched group of cells."""
     match = [c for c in identity_columns(runs) if c != column]
     rows = []
-    for key, group in runs.groupby(_key(runs, match), sort=True):
+    for _, group in runs.groupby(_key(runs, match), sort=True):
         if column in DEMO_COLUMNS and "k" in group and (group["k"] == 0).all():
             continue
         values = list(dict.fromkeys(group[column].dropna()))
@@ -151,7 +194,7 @@ def column_effects(runs, outcomes, column: str, seed: int = 0, **kwargs) -> list
             )
             if not seeds:
                 continue
-            effect = stats.paired_effect(first, second, _rng(seed, column, a, b, key), **kwargs)
+            effect = stats.paired_effect(first, second, _rng(seed, "effect"), **kwargs)
             same = group.iloc[0][match].to_dict()
             rows.append({"compared": column, "a": a, "b": b, **same, **effect})
     return rows

@@ -193,30 +193,41 @@ def rule_runs(runs: pd.DataFrame) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
-def summarise_seeds(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+def summarise_seeds(runs: pd.DataFrame, metrics: list[str], intervals=None) -> pd.DataFrame:
     """Mean, std and count over seeds of ``metrics`` (and the per-class and per-rule columns)
-    for every cell."""
+    for every cell; ``intervals(runs, keys, metrics)``, when given, adds a frame of interval
+    columns per cell (``icl.effects.cell_intervals``) after the count."""
     keys = [c for c in group_columns(SCORED_RULE) if c in runs]
     extra = [c for c in runs.columns if c.startswith("prediction_share_")] + rule_columns(runs)
     chosen = [c for c in metrics if c in runs] + extra
     grouped = runs.groupby(keys, dropna=False)[chosen].agg(["mean", "std"])
     grouped.columns = [f"{metric}_{stat}" for metric, stat in grouped.columns]
     grouped["n_seeds"] = runs.groupby(keys, dropna=False)[SEED_FIELD].nunique()
-    return grouped.reset_index()
+    grouped = grouped.reset_index()
+    if intervals is None:
+        return grouped
+    found = intervals(runs, keys, [c for c in metrics if c in runs])
+    # merged on a string form of the keys: missing values match each other
+    as_text = {c: f"__{c}" for c in keys}
+    left = grouped.assign(**{v: grouped[c].map(str) for c, v in as_text.items()})
+    right = found.assign(**{v: found[c].map(str) for c, v in as_text.items()}).drop(columns=keys)
+    merged = left.merge(right, on=list(as_text.values()), how="left")
+    return merged.drop(columns=list(as_text.values()))
 
 
-def write_summary(root: Path, runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+def write_summary(root: Path, runs: pd.DataFrame, metrics: list[str], intervals=None):
     """Write the collected runs of root to summary.{csv,parquet} and their mean and std over
-    seeds (of ``metrics``) to summary_seeds.{csv,parquet}; return the latter.
+    seeds (of ``metrics``, with ``intervals`` as in ``summarise_seeds``) to
+    summary_seeds.{csv,parquet}; return the latter.
 
     Runs that report several rules also give summary_rules.{csv,parquet}: mean and std over
     seeds per (cell, rule), from the long form ``rule_runs``.
     """
     root = Path(root)
-    seeds = summarise_seeds(runs, metrics)
+    seeds = summarise_seeds(runs, metrics, intervals)
     frames = [(runs, SUMMARY_STEM), (seeds, SEEDS_SUMMARY_STEM)]
     if rule_columns(runs):
-        frames.append((summarise_seeds(rule_runs(runs), metrics), RULES_SUMMARY_STEM))
+        frames.append((summarise_seeds(rule_runs(runs), metrics, intervals), RULES_SUMMARY_STEM))
     for frame, stem in frames:
         _write_atomic(root / f"{stem}.csv", frame.to_csv(index=False))
         frame.to_parquet(root / f"{stem}.parquet", index=False)

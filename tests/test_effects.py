@@ -14,6 +14,7 @@ import icl.cli
 from icl import effects
 from icl.errors import ICLError
 from icl.results import collect_examples, collect_runs
+from icl.studies import reports, tables
 
 CLASSES = ["negative", "positive"]
 BASE = {"method": "score", "task": "t", "model": "m", "template": "x", "rule": "direct",
@@ -123,3 +124,39 @@ def test_collect_effects_writes_the_csv_and_markdown_of_a_tiny_sweep(tmp_path, c
     assert (tmp_path / "effects.md").read_text().startswith("paired accuracy differences")
     with pytest.raises(SystemExit):
         icl.cli.collect([str(tmp_path), "--effects", "nope"])
+
+
+def test_summary_seeds_gains_interval_columns_after_its_old_ones(sweep):
+    reports.summary(sweep)
+    seeds = pd.read_csv(sweep / "summary_seeds.csv")
+    old = list(seeds.columns[: list(seeds.columns).index("n_seeds") + 1])
+    assert old[-3:] == ["accuracy_mean", "accuracy_std", "n_seeds"]  # unchanged, first
+    assert list(seeds.columns[len(old) :]) == ["accuracy_ci_low", "accuracy_ci_high"]
+    gold = seeds[(seeds["k"] == 4) & (seeds["labels"] == "gold")].iloc[0]
+    assert gold["accuracy_ci_low"] < gold["accuracy_mean"] < gold["accuracy_ci_high"]
+    # a cell whose runs have no predictions: the bootstrap over seeds of their values
+    runs = collect_runs(sweep)
+    table = effects.cell_intervals(
+        runs, collect_examples(sweep, runs)[:0], ["labels"], ["accuracy"]
+    )
+    assert table["accuracy_ci_low"].notna().all()
+
+
+def test_the_early_ascent_is_marked_only_when_the_dip_is_below_zero_shot(tmp_path):
+    rng = np.random.default_rng(1)
+    for seed in (1, 2, 3):
+        write_cell(tmp_path, 0, "gold", seed, np.arange(100) < 80)
+        # gold dips far at k=1 (a test can see it), random dips by one example at k=1
+        for labels, dip in (("gold", 50), ("random", 79)):
+            write_cell(tmp_path, 1, labels, seed, rng.permutation(np.arange(100) < dip))
+            write_cell(tmp_path, 4, labels, seed, np.arange(100) < 90)
+    runs = collect_runs(tmp_path)
+    examples = collect_examples(tmp_path, runs)
+    shots = tables.shots_table(runs, examples=examples)
+    assert {"ci95", "ci_low", "ci_high"} <= set(shots.columns)
+    ascent = tables.early_ascent_table(shots, runs, examples).set_index("labels")
+    assert ascent["early_ascent"].tolist() == [True, True]  # both dip, then rise
+    assert ascent.loc["gold", "early_ascent_tested"]
+    assert ascent.loc["gold", "dip_ci_high"] < 0 and ascent.loc["gold", "dip_p"] < 0.01
+    assert not ascent.loc["random", "early_ascent_tested"]
+    assert ascent.loc["random", "dip_difference"] == pytest.approx(-0.01)

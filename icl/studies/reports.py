@@ -33,10 +33,21 @@ def metrics_of(runs: pd.DataFrame) -> list[str]:
 
 
 def summary(root: Path) -> pd.DataFrame:
-    """Collect the runs under root into the summary files; return the runs table."""
+    """Collect the runs under root into the summary files, with 95% intervals from their
+    per-example predictions; return the runs table."""
     runs = collect_runs(root)
-    write_summary(root, runs, metrics_of(runs))
+    write_summary(root, runs, metrics_of(runs), interval_maker(root, runs))
     return runs
+
+
+def interval_maker(root: Path, runs: pd.DataFrame):
+    """``summarise_seeds``'s intervals, from the per-example outcomes of root's runs."""
+    examples = collect_examples(root, runs)
+
+    def intervals(frame: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.DataFrame:
+        return effects.cell_intervals(frame, examples, keys, metrics)
+
+    return intervals
 
 
 def check_metric(runs: pd.DataFrame, metric: str) -> None:
@@ -114,10 +125,12 @@ def label_words_tables(root: Path, runs: pd.DataFrame) -> str:
 
 
 def shots_tables(root: Path, runs: pd.DataFrame) -> str:
-    """The shots curve with 95% intervals, and its early ascent."""
-    shots = tables_.shots_table(runs)
+    """The shots curve with 95% intervals, and its early ascent with the dip's paired test."""
+    examples = collect_examples(root, runs)
+    shots = tables_.shots_table(runs, examples=examples)
     _write_table(root, "shots", shots, index=False)
-    return _write_table(root, "early_ascent", tables_.early_ascent_table(shots), index=False)
+    ascent = tables_.early_ascent_table(shots, runs, examples)
+    return _write_table(root, "early_ascent", ascent, index=False)
 
 
 def rules_tables(root: Path, runs: pd.DataFrame) -> str:
@@ -134,15 +147,25 @@ def rules_tables(root: Path, runs: pd.DataFrame) -> str:
     return "".join(parts)
 
 
+def bands(root: Path, runs: pd.DataFrame, metric: str, by: str) -> pd.DataFrame:
+    """The 95% interval of a metric per figure panel, line (``by``) and k."""
+    frame = runs.assign(**{by: runs[by].astype(object).fillna(metric) if by in runs else metric})
+    keys = [k for k in plots.PANEL_KEYS if k in frame and frame[k].notna().any()]
+    examples = collect_examples(root, runs)
+    return effects.cell_intervals(frame, examples, [*keys, by, "k"], [metric])
+
+
 def curve_figures(root: Path, runs: pd.DataFrame, metric: str, out: Path | None) -> list[Path]:
     out = out or root / f"{metric}_vs_k.png"
-    return [plots.plot_accuracy_vs_k(runs, out, metric=metric)]
+    band = bands(root, runs, metric, "labels")
+    return [plots.plot_accuracy_vs_k(runs, out, metric=metric, bands=band)]
 
 
 def labels_figures(root: Path, runs: pd.DataFrame, metric: str, out=None) -> list[Path]:
     """Min et al.'s bar charts and the share-of-correct-labels line, in macro-F1 as theirs."""
-    table = tables_.settings_table(runs, "macro_f1")
-    correct = tables_.correct_percent_table(runs, "macro_f1")
+    examples = collect_examples(root, runs)
+    table = tables_.settings_table(runs, "macro_f1", examples)
+    correct = tables_.correct_percent_table(runs, "macro_f1", examples)
     zero = table[table["setting"] == NO_DEMOS]
     ylabel = METRIC_NAMES["macro_f1"]
     return [
@@ -151,14 +174,14 @@ def labels_figures(root: Path, runs: pd.DataFrame, metric: str, out=None) -> lis
             root / "labels_gold_vs_random.png",
             [NO_DEMOS, "gold", "random"],
             ylabel,
-            "no demonstrations, gold and random labels (k=16, ± std over seeds)",
+            "no demonstrations, gold and random labels (k=16, 95% CI)",
         ),
         plots.plot_setting_bars(
             table,
             root / "labels_ablations.png",
             ABLATION_SETTINGS,
             ylabel,
-            "what matters in demonstrations (k=16, ± std over seeds)",
+            "what matters in demonstrations (k=16, 95% CI)",
         ),
         plots.plot_correct_percent(correct, zero, root / "labels_correct_share.png", ylabel),
     ]
@@ -171,28 +194,31 @@ def templates_figures(root: Path, runs: pd.DataFrame, metric: str, out=None) -> 
 
 
 def label_words_figures(root: Path, runs: pd.DataFrame, metric: str, out=None) -> list[Path]:
-    table = tables_.label_words_bars(runs)
+    table = tables_.label_words_bars(runs, collect_examples(root, runs))
     return [
         plots.plot_setting_bars(
             table,
             root / "label_words.png",
             list(dict.fromkeys(table["setting"])),
             METRIC_NAMES["accuracy"],
-            "label words (positive/negative), ± std over seeds",
+            "label words (positive/negative), 95% CI over seeds and test examples",
         )
     ]
 
 
 def shots_figures(root: Path, runs: pd.DataFrame, metric: str, out=None) -> list[Path]:
-    shots = tables_.shots_table(runs, metric)
-    ascent = tables_.early_ascent_table(shots)
+    examples = collect_examples(root, runs)
+    shots = tables_.shots_table(runs, metric, examples)
+    ascent = tables_.early_ascent_table(shots, runs, examples if metric == "accuracy" else None)
     ylabel = METRIC_NAMES.get(metric, metric.replace("_", " "))
     return [plots.plot_shots_curve(shots, ascent, root / f"shots_{metric}.png", ylabel)]
 
 
 def rules_figures(root: Path, runs: pd.DataFrame, metric: str, out=None) -> list[Path]:
     out = root / f"{metric}_vs_k_by_rule.png"
-    return [plots.plot_accuracy_vs_k(rule_runs(runs), out, metric=metric, by="scored_rule")]
+    long = rule_runs(runs)
+    band = bands(root, long, metric, "scored_rule")
+    return [plots.plot_accuracy_vs_k(long, out, metric=metric, by="scored_rule", bands=band)]
 
 
 # each report kind: its tables (root, runs) -> Markdown, its figures (root, runs, metric, out)
