@@ -177,7 +177,7 @@ def plot(argv: list[str] | None = None) -> None:
 def study(argv: list[str] | None = None) -> None:
     """Entry point of ``icl-study NAME [--quick] [OVERRIDE ...]``: sweeps, tables, figures."""
     from icl.studies import STUDIES, get_study, sweep_commands
-    from icl.studies.reports import figures, summary, tables
+    from icl.studies.reports import figures, summary, tables, write_effects
 
     parser = argparse.ArgumentParser(
         description="Run a ready-made study (conf/experiment/NAME.yaml) and write its report."
@@ -203,6 +203,10 @@ def study(argv: list[str] | None = None) -> None:
         print(tables(kind, root, runs=runs))
         for path in figures(kind, root, runs=runs):
             print(f"figure -> {path}")
+    try:  # the paired effects of every identity column the study varies
+        print(write_effects(root, runs))
+    except ICLError as err:  # the runs stay reported; only the effects are missing
+        print(f"effects: {err}", file=sys.stderr)
     print(f"{args.name}: done in {time.perf_counter() - started:.0f} s -> {root}")
 
 
