@@ -160,3 +160,31 @@ def test_the_early_ascent_is_marked_only_when_the_dip_is_below_zero_shot(tmp_pat
     assert ascent.loc["gold", "dip_ci_high"] < 0 and ascent.loc["gold", "dip_p"] < 0.01
     assert not ascent.loc["random", "early_ascent_tested"]
     assert ascent.loc["random", "dip_difference"] == pytest.approx(-0.01)
+
+
+def test_scoring_rules_are_compared_on_the_same_examples(tmp_path):
+    rng = np.random.default_rng(4)
+    for seed in (1, 2):
+        folder = write_cell(tmp_path, 4, "gold", seed, rng.random(30) < 0.6)
+        lines = [json.loads(x) for x in (folder / "predictions.jsonl").read_text().splitlines()]
+        for line in lines:  # calibrated gets every example right
+            line["predictions_by_rule"] = {"direct": line["prediction"], "calibrated": line["gold"]}
+        (folder / "predictions.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        metrics = json.loads((folder / "metrics.json").read_text())
+        counts = {"negative": 15, "positive": 15}
+        metrics["rules"] = {
+            "direct": {
+                "accuracy": metrics["accuracy"],
+                "macro_f1": 0.5,
+                "prediction_counts": counts,
+            },
+            "calibrated": {"accuracy": 1.0, "macro_f1": 1.0, "prediction_counts": counts},
+        }
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    runs = collect_runs(tmp_path)
+    examples = collect_examples(tmp_path, runs)
+    assert set(examples["scored_rule"]) == {"direct", "calibrated"}
+    table = effects.effects_table(runs, examples, n_permutations=99)
+    row = table.iloc[0]
+    assert (row["compared"], row["a"], row["b"]) == ("scored_rule", "direct", "calibrated")
+    assert row["difference"] == pytest.approx(runs["accuracy"].mean() - 1.0)
