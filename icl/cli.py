@@ -108,7 +108,7 @@ def rescore(root: Path, rules: list[str]) -> int:
 
 def collect(argv: list[str] | None = None) -> None:
     """Entry point of ``icl-collect DIR [--report KIND] [--rescore RULES]``."""
-    from icl.studies.reports import REPORTS, tables
+    from icl.studies.reports import REPORTS, summary, tables, write_effects
 
     parser = argparse.ArgumentParser(description="Gather every run under DIR into one table.")
     parser.add_argument("dir", type=Path)
@@ -122,17 +122,34 @@ def collect(argv: list[str] | None = None) -> None:
         help="first add these scoring rules (comma-separated: direct_mean, calibrated, pmi) to "
         "every finished run, from its stored log-probs and only the extra passes they need",
     )
+    parser.add_argument(
+        "--effects",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="COLUMNS",
+        help="also write effects.csv and effects.md: paired accuracy differences with 95%% CIs "
+        "and p-values between matched cells, along COLUMNS (comma-separated identity columns, "
+        "e.g. labels,k; every column that varies when omitted)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.rescore:
             setup()
             logging.basicConfig(level=logging.INFO, format="%(message)s")
             rescore(args.dir, [r.strip() for r in args.rescore.split(",") if r.strip()])
-        text = tables(args.report, args.dir)
+        runs = summary(args.dir)
+        text = tables(args.report, args.dir, runs=runs)
+        if args.effects is not None:
+            columns = [c.strip() for c in args.effects.split(",") if c.strip()] or None
+            effects = write_effects(args.dir, runs, columns)
     except (FileNotFoundError, ICLError) as err:
         parser.exit(2, f"icl-collect: error: {err}\n")
     print(f"runs -> {args.dir / 'summary.csv'}, {args.dir / 'summary_seeds.csv'}")
     print(text)
+    if args.effects is not None:
+        print(f"\neffects -> {args.dir / 'effects.csv'}, {args.dir / 'effects.md'}\n")
+        print(effects)
 
 
 def plot(argv: list[str] | None = None) -> None:
@@ -160,7 +177,7 @@ def plot(argv: list[str] | None = None) -> None:
 def study(argv: list[str] | None = None) -> None:
     """Entry point of ``icl-study NAME [--quick] [OVERRIDE ...]``: sweeps, tables, figures."""
     from icl.studies import STUDIES, get_study, sweep_commands
-    from icl.studies.reports import figures, summary, tables
+    from icl.studies.reports import figures, summary, tables, write_effects
 
     parser = argparse.ArgumentParser(
         description="Run a ready-made study (conf/experiment/NAME.yaml) and write its report."
@@ -186,6 +203,10 @@ def study(argv: list[str] | None = None) -> None:
         print(tables(kind, root, runs=runs))
         for path in figures(kind, root, runs=runs):
             print(f"figure -> {path}")
+    try:  # the paired effects of every identity column the study varies
+        print(write_effects(root, runs))
+    except ICLError as err:  # the runs stay reported; only the effects are missing
+        print(f"effects: {err}", file=sys.stderr)
     print(f"{args.name}: done in {time.perf_counter() - started:.0f} s -> {root}")
 
 

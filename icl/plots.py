@@ -30,10 +30,11 @@ def curve(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def plot_accuracy_vs_k(
-    runs: pd.DataFrame, out: Path, metric: str = "accuracy", by: str = "labels"
+    runs: pd.DataFrame, out: Path, metric: str = "accuracy", by: str = "labels", bands=None
 ) -> Path:
     """One panel per (task, model, template); a line per value of ``by`` (the label setting,
-    or ``scored_rule`` in the long form ``results.rule_runs``), a ±1 std band over seeds."""
+    or ``scored_rule`` in the long form ``results.rule_runs``), and a band: the 95% interval
+    in ``bands`` (``icl.effects.cell_intervals`` per panel key, ``by`` and k), else ±1 std."""
     keys = [k for k in PANEL_KEYS if k in runs and runs[k].notna().any()]
     # runs without a task or label setting (a synthetic study): one panel, one line
     runs = runs.assign(**{by: runs[by].astype(object).fillna(metric) if by in runs else metric})
@@ -43,6 +44,11 @@ def plot_accuracy_vs_k(
     for ax, (panel, frame) in zip(axes[0], panels):
         for setting, group in frame.groupby(by, sort=by == "labels"):
             stats = curve(group, metric)
+            low, high = stats["mean"] - stats["std"], stats["mean"] + stats["std"]
+            if bands is not None:
+                mine = _rows_of(bands, {**dict(zip(keys, _tuple(panel))), by: setting})
+                found = stats[["k"]].merge(mine, on="k", how="left")
+                low, high = found[f"{metric}_ci_low"], found[f"{metric}_ci_high"]
             colour = colours.get(setting)
             dashed = setting == "direct_mean"  # equal to direct when label words are one token
             ax.plot(
@@ -54,11 +60,7 @@ def plot_accuracy_vs_k(
                 ls="--" if dashed else "-",
             )
             ax.fill_between(
-                stats["k"],
-                stats["mean"] - stats["std"],
-                stats["mean"] + stats["std"],
-                alpha=0.2 if by == "labels" else 0.1,
-                color=colour,
+                stats["k"], low, high, alpha=0.2 if by == "labels" else 0.1, color=colour
             )
         if "majority_baseline" in frame:
             ax.axhline(
@@ -73,15 +75,13 @@ def plot_accuracy_vs_k(
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.set_xlabel("demonstrations k")
         ax.set_ylabel(metric.replace("_", " "))
-        ax.set_title(
-            " / ".join(str(p) for p in (panel if isinstance(panel, tuple) else (panel,))),
-            fontsize=10,
-        )
+        ax.set_title(" / ".join(str(p) for p in _tuple(panel)), fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     n_seeds = runs["seed"].nunique() if "seed" in runs else 1
+    band = "95% CI" if bands is not None else "± std"
     fig.suptitle(
-        f"{metric.replace('_', ' ')} against k (mean ± std over {n_seeds} seeds)", fontsize=11
+        f"{metric.replace('_', ' ')} against k (mean, {band}; {n_seeds} seeds)", fontsize=11
     )
     fig.tight_layout()
     out = Path(out)
@@ -89,6 +89,26 @@ def plot_accuracy_vs_k(
     fig.savefig(out, dpi=130)
     plt.close(fig)
     return out
+
+
+def _tuple(panel) -> tuple:
+    return panel if isinstance(panel, tuple) else (panel,)
+
+
+def _rows_of(frame: pd.DataFrame, values: dict) -> pd.DataFrame:
+    """The rows of frame with these values (compared as text: missing values match)."""
+    mask = pd.Series(True, index=frame.index)
+    for column, value in values.items():
+        mask &= frame[column].map(str) == str(value)
+    return frame[mask]
+
+
+def error_bars(rows: pd.DataFrame, scale: float = 100.0):
+    """Error bars of a table's rows: the 95% interval (``ci_low``, ``ci_high``) where it has
+    one, else ±1 std."""
+    if "ci_low" in rows and rows["ci_low"].notna().all():
+        return [(rows["mean"] - rows["ci_low"]) * scale, (rows["ci_high"] - rows["mean"]) * scale]
+    return rows["std"].fillna(0) * scale
 
 
 SETTING_COLOURS = {
@@ -114,7 +134,7 @@ def _save(fig, out: Path) -> Path:
 
 def plot_setting_bars(table: pd.DataFrame, out: Path, settings: list[str], ylabel: str, title):
     """Grouped bars (Min et al. 2022 Figure 3 form): a group per task, a bar per setting, with
-    ±1 std over seeds as error bars."""
+    the 95% interval as error bars (±1 std over seeds for a table without one)."""
     tasks = list(dict.fromkeys(table["task"]))
     settings = [s for s in settings if s in set(table["setting"])]
     width = 0.8 / max(len(settings), 1)
@@ -126,7 +146,7 @@ def plot_setting_bars(table: pd.DataFrame, out: Path, settings: list[str], ylabe
             xs,
             rows["mean"] * 100,
             width,
-            yerr=rows["std"].fillna(0) * 100,
+            yerr=error_bars(rows),
             label=setting,
             color=SETTING_COLOURS.get(setting),
             capsize=2,
@@ -148,7 +168,7 @@ def plot_correct_percent(table: pd.DataFrame, zero: pd.DataFrame, out: Path, yla
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for task, group in table.groupby("task", sort=True):
         line = ax.errorbar(
-            group["percent"], group["mean"] * 100, yerr=group["std"] * 100, marker="o",
+            group["percent"], group["mean"] * 100, yerr=error_bars(group), marker="o",
             capsize=2, label=task,
         )  # fmt: skip
         base = zero[zero["task"] == task]["mean"]
@@ -198,9 +218,11 @@ def plot_perplexity_scatter(table: pd.DataFrame, stats: pd.DataFrame, out: Path,
 
 
 def plot_shots_curve(shots: pd.DataFrame, ascent: pd.DataFrame, out: Path, ylabel: str):
-    """Metric against k with 95% intervals over seeds, a panel per task and a line per label
-    setting; the k=0 value is a dotted line, and an early-ascent dip (below k=0 before the
-    curve rises above it) is marked with a triangle."""
+    """Metric against k with 95% intervals (the hierarchical bootstrap's ``ci_low``,
+    ``ci_high`` where the table has them, else t over seeds), a panel per task and a line per
+    label setting; the k=0 value is a dotted line, and an early-ascent dip (below k=0 before the
+    curve rises above it) is marked with a triangle, only when its paired difference from k=0
+    excludes zero (``early_ascent_tested``) where the table tests it."""
     tasks = sorted(shots["task"].unique())
     width = max(6.5, 4.4 * len(tasks))
     fig, axes = plt.subplots(1, len(tasks), figsize=(width, 4.0), squeeze=False)
@@ -209,12 +231,13 @@ def plot_shots_curve(shots: pd.DataFrame, ascent: pd.DataFrame, out: Path, ylabe
         for labels, curve in frame.groupby("labels", sort=True):
             colour = LABEL_COLOURS.get(labels)
             ax.plot(curve["k"], curve["mean"] * 100, marker="o", ms=3, label=labels, color=colour)
-            ax.fill_between(
-                curve["k"], (curve["mean"] - curve["ci95"]) * 100,
-                (curve["mean"] + curve["ci95"]) * 100, alpha=0.15, color=colour,
-            )  # fmt: skip
+            low, high = curve["mean"] - curve["ci95"], curve["mean"] + curve["ci95"]
+            if "ci_low" in curve:  # the hierarchical bootstrap's interval
+                low, high = curve["ci_low"], curve["ci_high"]
+            ax.fill_between(curve["k"], low * 100, high * 100, alpha=0.15, color=colour)
             dip = ascent[(ascent["task"] == task) & (ascent["labels"] == labels)]
-            if len(dip) and bool(dip["early_ascent"].iloc[0]):
+            marked = "early_ascent_tested" if "early_ascent_tested" in dip else "early_ascent"
+            if len(dip) and bool(dip[marked].iloc[0]):
                 k = int(dip["lowest_k"].iloc[0])
                 y = float(curve.loc[curve["k"] == k, "mean"].iloc[0]) * 100
                 ax.scatter([k], [y], marker="v", s=80, color=colour, zorder=5)
@@ -230,5 +253,12 @@ def plot_shots_curve(shots: pd.DataFrame, ascent: pd.DataFrame, out: Path, ylabe
         ax.set_title(task, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle("accuracy against k, 95% intervals over seeds (▼ early-ascent dip)", fontsize=10)
+    tested = "early_ascent_tested" in ascent
+    fig.suptitle(
+        "accuracy against k, 95% intervals over seeds and test examples (▼ early-ascent dip, "
+        "its paired difference from k=0 below zero)"
+        if tested
+        else "accuracy against k, 95% intervals over seeds (▼ early-ascent dip)",
+        fontsize=10,
+    )
     return _save(fig, out)

@@ -115,6 +115,40 @@ def collect_runs(root: Path) -> pd.DataFrame:
     return frame.sort_values(sort_by).reset_index(drop=True)
 
 
+def _example_rows(run_dir: str, lines: list[dict], primary: str) -> list[dict]:
+    """A run's per-example outcomes, one row per (example, rule computed)."""
+    rows = []
+    for line in lines:
+        if "correct" not in line or "option_logprob" not in line:
+            return []  # a method whose rows are not classifications
+        classes = list(line["option_logprob"])
+        by_rule = line.get("predictions_by_rule") or {primary: line["prediction"]}
+        gold = classes.index(line["gold"])
+        for rule, predicted in by_rule.items():
+            pred = classes.index(predicted)
+            rows.append(
+                {"run_dir": run_dir, SCORED_RULE: rule, "example_id": str(line["example_id"]),
+                 "pred": pred, "gold": gold, "n_classes": len(classes), "correct": pred == gold}
+            )  # fmt: skip
+    return rows
+
+
+def collect_examples(root: Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per-example outcomes of the collected runs, read from each run's predictions.jsonl:
+    one row per (run_dir, scored_rule, example_id) with the predicted and gold class indices
+    and ``correct``. Runs without predictions (or not of a classifying method) give none."""
+    root = Path(root)
+    rows = []
+    primaries = runs["rule"] if "rule" in runs else pd.Series(None, index=runs.index)
+    for run_dir, primary in zip(runs["run_dir"], primaries):
+        path = root / run_dir / PREDICTIONS_FILE
+        if path.exists():
+            primary = primary if isinstance(primary, str) else "direct"
+            rows += _example_rows(run_dir, read_predictions(path.parent), primary)
+    columns = ["run_dir", SCORED_RULE, "example_id", "pred", "gold", "n_classes", "correct"]
+    return pd.DataFrame(rows, columns=columns)
+
+
 def rule_columns(runs: pd.DataFrame) -> list[str]:
     """The per-rule metric columns of the collected table (``calibrated_accuracy``, ...)."""
     prefixes = tuple(f"{rule}_" for rule in SCORING_RULES) + ("p_cf_",)
@@ -159,30 +193,41 @@ def rule_runs(runs: pd.DataFrame) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
-def summarise_seeds(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+def summarise_seeds(runs: pd.DataFrame, metrics: list[str], intervals=None) -> pd.DataFrame:
     """Mean, std and count over seeds of ``metrics`` (and the per-class and per-rule columns)
-    for every cell."""
+    for every cell; ``intervals(runs, keys, metrics)``, when given, adds a frame of interval
+    columns per cell (``icl.effects.cell_intervals``) after the count."""
     keys = [c for c in group_columns(SCORED_RULE) if c in runs]
     extra = [c for c in runs.columns if c.startswith("prediction_share_")] + rule_columns(runs)
     chosen = [c for c in metrics if c in runs] + extra
     grouped = runs.groupby(keys, dropna=False)[chosen].agg(["mean", "std"])
     grouped.columns = [f"{metric}_{stat}" for metric, stat in grouped.columns]
     grouped["n_seeds"] = runs.groupby(keys, dropna=False)[SEED_FIELD].nunique()
-    return grouped.reset_index()
+    grouped = grouped.reset_index()
+    if intervals is None:
+        return grouped
+    found = intervals(runs, keys, [c for c in metrics if c in runs])
+    # merged on a string form of the keys: missing values match each other
+    as_text = {c: f"__{c}" for c in keys}
+    left = grouped.assign(**{v: grouped[c].map(str) for c, v in as_text.items()})
+    right = found.assign(**{v: found[c].map(str) for c, v in as_text.items()}).drop(columns=keys)
+    merged = left.merge(right, on=list(as_text.values()), how="left")
+    return merged.drop(columns=list(as_text.values()))
 
 
-def write_summary(root: Path, runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+def write_summary(root: Path, runs: pd.DataFrame, metrics: list[str], intervals=None):
     """Write the collected runs of root to summary.{csv,parquet} and their mean and std over
-    seeds (of ``metrics``) to summary_seeds.{csv,parquet}; return the latter.
+    seeds (of ``metrics``, with ``intervals`` as in ``summarise_seeds``) to
+    summary_seeds.{csv,parquet}; return the latter.
 
     Runs that report several rules also give summary_rules.{csv,parquet}: mean and std over
     seeds per (cell, rule), from the long form ``rule_runs``.
     """
     root = Path(root)
-    seeds = summarise_seeds(runs, metrics)
+    seeds = summarise_seeds(runs, metrics, intervals)
     frames = [(runs, SUMMARY_STEM), (seeds, SEEDS_SUMMARY_STEM)]
     if rule_columns(runs):
-        frames.append((summarise_seeds(rule_runs(runs), metrics), RULES_SUMMARY_STEM))
+        frames.append((summarise_seeds(rule_runs(runs), metrics, intervals), RULES_SUMMARY_STEM))
     for frame, stem in frames:
         _write_atomic(root / f"{stem}.csv", frame.to_csv(index=False))
         frame.to_parquet(root / f"{stem}.parquet", index=False)

@@ -10,11 +10,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from icl import plots
+from icl import effects, plots
 from icl.demos import ABLATION_SETTINGS, NO_DEMOS
 from icl.errors import ICLError, unknown_name
 from icl.methods import summary_metrics
-from icl.results import collect_runs, rule_runs, summarise_seeds, write_summary
+from icl.results import (
+    _write_atomic,
+    collect_examples,
+    collect_runs,
+    rule_runs,
+    summarise_seeds,
+    write_summary,
+)
 from icl.studies import tables as tables_
 
 METRIC_NAMES = {"accuracy": "accuracy (%)", "macro_f1": "macro-F1 (%)"}
@@ -26,10 +33,21 @@ def metrics_of(runs: pd.DataFrame) -> list[str]:
 
 
 def summary(root: Path) -> pd.DataFrame:
-    """Collect the runs under root into the summary files; return the runs table."""
+    """Collect the runs under root into the summary files, with 95% intervals from their
+    per-example predictions; return the runs table."""
     runs = collect_runs(root)
-    write_summary(root, runs, metrics_of(runs))
+    write_summary(root, runs, metrics_of(runs), interval_maker(root, runs))
     return runs
+
+
+def interval_maker(root: Path, runs: pd.DataFrame):
+    """``summarise_seeds``'s intervals, from the per-example outcomes of root's runs."""
+    examples = collect_examples(root, runs)
+
+    def intervals(frame: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.DataFrame:
+        return effects.cell_intervals(frame, examples, keys, metrics)
+
+    return intervals
 
 
 def check_metric(runs: pd.DataFrame, metric: str) -> None:
@@ -43,6 +61,38 @@ def _write_table(root: Path, stem: str, frame: pd.DataFrame, index: bool = True)
     text = tables_.markdown(frame, index=index)
     (root / f"{stem}.md").write_text(text + "\n")
     frame.to_csv(root / f"{stem}.csv", index=index)
+    return text
+
+
+def effects_markdown(table: pd.DataFrame) -> str:
+    """The effects in percentage points, with the matching values shared by every row said
+    once above the table."""
+    frame = table.copy()
+    shared = [c for c in frame.columns[3:-6] if frame[c].map(str).nunique() == 1]
+    head = ", ".join(f"{c}={frame[c].iloc[0]}" for c in shared if frame[c].notna().all())
+    frame = frame.drop(columns=shared)
+    for column, sign in (("difference", "+"), ("ci_low", ""), ("ci_high", "")):
+        frame[column] = [f"{100 * v:{sign}.1f}" for v in frame[column]]
+    frame["p"] = [f"{p:.2g}" for p in frame["p"]]
+    frame = frame.rename(
+        columns={"difference": "A - B (points)", "a": "A", "b": "B", "ci_low": "CI low",
+                 "ci_high": "CI high"}
+    )  # fmt: skip
+    note = (
+        "paired accuracy differences A - B, 95% CI from a hierarchical bootstrap (seeds, then "
+        "test examples within seeds), p from a sign-flip permutation test"
+    )
+    return f"{note}\n\nin every row: {head or '-'}\n\n" + tables_.markdown(frame, index=False)
+
+
+def write_effects(root: Path, runs: pd.DataFrame, columns: list[str] | None = None) -> str:
+    """effects.csv and effects.md under root: paired effects along ``columns`` (every
+    identity column that varies, by default); return the Markdown."""
+    root = Path(root)
+    table = effects.effects_table(runs, collect_examples(root, runs), columns)
+    _write_atomic(root / "effects.csv", table.to_csv(index=False))
+    text = effects_markdown(table)
+    _write_atomic(root / "effects.md", text + "\n")
     return text
 
 
@@ -75,10 +125,12 @@ def label_words_tables(root: Path, runs: pd.DataFrame) -> str:
 
 
 def shots_tables(root: Path, runs: pd.DataFrame) -> str:
-    """The shots curve with 95% intervals, and its early ascent."""
-    shots = tables_.shots_table(runs)
+    """The shots curve with 95% intervals, and its early ascent with the dip's paired test."""
+    examples = collect_examples(root, runs)
+    shots = tables_.shots_table(runs, examples=examples)
     _write_table(root, "shots", shots, index=False)
-    return _write_table(root, "early_ascent", tables_.early_ascent_table(shots), index=False)
+    ascent = tables_.early_ascent_table(shots, runs, examples)
+    return _write_table(root, "early_ascent", ascent, index=False)
 
 
 def rules_tables(root: Path, runs: pd.DataFrame) -> str:
@@ -95,15 +147,25 @@ def rules_tables(root: Path, runs: pd.DataFrame) -> str:
     return "".join(parts)
 
 
+def bands(root: Path, runs: pd.DataFrame, metric: str, by: str) -> pd.DataFrame:
+    """The 95% interval of a metric per figure panel, line (``by``) and k."""
+    frame = runs.assign(**{by: runs[by].astype(object).fillna(metric) if by in runs else metric})
+    keys = [k for k in plots.PANEL_KEYS if k in frame and frame[k].notna().any()]
+    examples = collect_examples(root, runs)
+    return effects.cell_intervals(frame, examples, [*keys, by, "k"], [metric])
+
+
 def curve_figures(root: Path, runs: pd.DataFrame, metric: str, out: Path | None) -> list[Path]:
     out = out or root / f"{metric}_vs_k.png"
-    return [plots.plot_accuracy_vs_k(runs, out, metric=metric)]
+    band = bands(root, runs, metric, "labels")
+    return [plots.plot_accuracy_vs_k(runs, out, metric=metric, bands=band)]
 
 
 def labels_figures(root: Path, runs: pd.DataFrame, metric: str, out=None) -> list[Path]:
     """Min et al.'s bar charts and the share-of-correct-labels line, in macro-F1 as theirs."""
-    table = tables_.settings_table(runs, "macro_f1")
-    correct = tables_.correct_percent_table(runs, "macro_f1")
+    examples = collect_examples(root, runs)
+    table = tables_.settings_table(runs, "macro_f1", examples)
+    correct = tables_.correct_percent_table(runs, "macro_f1", examples)
     zero = table[table["setting"] == NO_DEMOS]
     ylabel = METRIC_NAMES["macro_f1"]
     return [
@@ -112,14 +174,14 @@ def labels_figures(root: Path, runs: pd.DataFrame, metric: str, out=None) -> lis
             root / "labels_gold_vs_random.png",
             [NO_DEMOS, "gold", "random"],
             ylabel,
-            "no demonstrations, gold and random labels (k=16, ± std over seeds)",
+            "no demonstrations, gold and random labels (k=16, 95% CI)",
         ),
         plots.plot_setting_bars(
             table,
             root / "labels_ablations.png",
             ABLATION_SETTINGS,
             ylabel,
-            "what matters in demonstrations (k=16, ± std over seeds)",
+            "what matters in demonstrations (k=16, 95% CI)",
         ),
         plots.plot_correct_percent(correct, zero, root / "labels_correct_share.png", ylabel),
     ]
@@ -132,28 +194,31 @@ def templates_figures(root: Path, runs: pd.DataFrame, metric: str, out=None) -> 
 
 
 def label_words_figures(root: Path, runs: pd.DataFrame, metric: str, out=None) -> list[Path]:
-    table = tables_.label_words_bars(runs)
+    table = tables_.label_words_bars(runs, collect_examples(root, runs))
     return [
         plots.plot_setting_bars(
             table,
             root / "label_words.png",
             list(dict.fromkeys(table["setting"])),
             METRIC_NAMES["accuracy"],
-            "label words (positive/negative), ± std over seeds",
+            "label words (positive/negative), 95% CI over seeds and test examples",
         )
     ]
 
 
 def shots_figures(root: Path, runs: pd.DataFrame, metric: str, out=None) -> list[Path]:
-    shots = tables_.shots_table(runs, metric)
-    ascent = tables_.early_ascent_table(shots)
+    examples = collect_examples(root, runs)
+    shots = tables_.shots_table(runs, metric, examples)
+    ascent = tables_.early_ascent_table(shots, runs, examples if metric == "accuracy" else None)
     ylabel = METRIC_NAMES.get(metric, metric.replace("_", " "))
     return [plots.plot_shots_curve(shots, ascent, root / f"shots_{metric}.png", ylabel)]
 
 
 def rules_figures(root: Path, runs: pd.DataFrame, metric: str, out=None) -> list[Path]:
     out = root / f"{metric}_vs_k_by_rule.png"
-    return [plots.plot_accuracy_vs_k(rule_runs(runs), out, metric=metric, by="scored_rule")]
+    long = rule_runs(runs)
+    band = bands(root, long, metric, "scored_rule")
+    return [plots.plot_accuracy_vs_k(long, out, metric=metric, by="scored_rule", bands=band)]
 
 
 # each report kind: its tables (root, runs) -> Markdown, its figures (root, runs, metric, out)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from icl import effects
 from icl.demos import CHART_ORDER, NO_DEMOS, correct_percent
 from icl.scoring import SCORING_RULES
 
@@ -28,8 +29,19 @@ def setting_name(row) -> str:
     return NO_DEMOS if row["k"] == 0 else row["labels"]
 
 
-def settings_table(runs: pd.DataFrame, metric: str = "macro_f1") -> pd.DataFrame:
-    """Mean, std and seed count of a metric per (task, setting): the Min et al. bar charts."""
+def with_intervals(table, runs, examples, keys: list[str], metric: str) -> pd.DataFrame:
+    """The table with the 95% interval of ``metric`` per ``keys`` (``ci_low``, ``ci_high``:
+    the hierarchical bootstrap of ``icl.effects.cell_intervals``) when examples are given."""
+    if examples is None:
+        return table
+    found = effects.cell_intervals(runs, examples, keys, [metric])
+    found = found.rename(columns={f"{metric}_ci_low": "ci_low", f"{metric}_ci_high": "ci_high"})
+    return table.merge(found, on=keys, how="left")
+
+
+def settings_table(runs: pd.DataFrame, metric: str = "macro_f1", examples=None) -> pd.DataFrame:
+    """Mean, std and seed count of a metric per (task, setting): the Min et al. bar charts;
+    with per-example outcomes (``results.collect_examples``), their 95% intervals too."""
     frame = runs.assign(setting=runs.apply(setting_name, axis=1))
     rows = []
     for (task, setting), group in frame.groupby(["task", "setting"]):
@@ -38,7 +50,8 @@ def settings_table(runs: pd.DataFrame, metric: str = "macro_f1") -> pd.DataFrame
     table = pd.DataFrame(rows)
     order = {s: i for i, s in enumerate(CHART_ORDER)}
     table["order"] = table["setting"].map(lambda s: order.get(s, len(order)))
-    return table.sort_values(["task", "order"]).drop(columns="order").reset_index(drop=True)
+    table = table.sort_values(["task", "order"]).drop(columns="order").reset_index(drop=True)
+    return with_intervals(table, frame, examples, ["task", "setting"], metric)
 
 
 def pivot_text(table: pd.DataFrame, index: str, columns: str) -> pd.DataFrame:
@@ -49,9 +62,9 @@ def pivot_text(table: pd.DataFrame, index: str, columns: str) -> pd.DataFrame:
     return wide[ordered + [c for c in wide.columns if c not in ordered]]
 
 
-def correct_percent_table(runs: pd.DataFrame, metric: str = "macro_f1") -> pd.DataFrame:
+def correct_percent_table(runs: pd.DataFrame, metric: str = "macro_f1", examples=None):
     """Metric against the share of gold labels (0-100%; gold is 100%), per task."""
-    table = settings_table(runs, metric)
+    table = settings_table(runs, metric, examples)
     percent = table["setting"].map(correct_share)
     return table.assign(percent=percent).dropna(subset=["percent"]).sort_values(["task", "percent"])
 
@@ -107,8 +120,9 @@ def gao_notation(label_words: str) -> str:
 GAO_ORDER = ["great/terrible", "good/bad", "cat/dog", "dog/cat", "terrible/great"]
 
 
-def label_words_bars(runs: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy mean and std per label-word pair ("task": a bar group) and k ("setting")."""
+def label_words_bars(runs: pd.DataFrame, examples=None) -> pd.DataFrame:
+    """Accuracy mean and std per label-word pair ("task": a bar group) and k ("setting"), and
+    the 95% intervals when per-example outcomes are given."""
     rows = []
     for (words, k), group in runs.groupby(["label_words", "k"]):
         mean, std, n = mean_std(group["accuracy"])
@@ -120,7 +134,14 @@ def label_words_bars(runs: pd.DataFrame) -> pd.DataFrame:
     frame["order"] = frame["task"].map(
         lambda w: GAO_ORDER.index(w) if w in GAO_ORDER else len(GAO_ORDER)
     )
-    return frame.sort_values(["order", "k"]).drop(columns=["order", "k"]).reset_index(drop=True)
+    frame = frame.sort_values(["order", "k"]).drop(columns=["order", "k"]).reset_index(drop=True)
+    if examples is None:
+        return frame
+    named = runs.dropna(subset=["label_words"])  # as groupby does above
+    pairs = named.assign(
+        task=named["label_words"].map(gao_notation), setting=named["k"].map("k={}".format)
+    )
+    return with_intervals(frame, pairs, examples, ["task", "setting"], "accuracy")
 
 
 def label_words_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -133,8 +154,9 @@ def label_words_table(runs: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
-def shots_table(runs: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
-    """Mean and 95% interval (t over seeds) of a metric per (task, labels, k)."""
+def shots_table(runs: pd.DataFrame, metric: str = "accuracy", examples=None) -> pd.DataFrame:
+    """Mean and 95% interval (t over seeds: ``ci95``, the half-width) of a metric per (task,
+    labels, k); with per-example outcomes, the hierarchical bootstrap's ``ci_low``, ``ci_high``."""
     from scipy.stats import t as student_t
 
     frame = runs.copy()
@@ -147,7 +169,13 @@ def shots_table(runs: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     for task, group in zero.groupby("task"):
         for labels in settings:
             rows.append(_interval_row(task, labels, 0, group[metric], student_t))
-    return pd.DataFrame(rows).sort_values(["task", "labels", "k"]).reset_index(drop=True)
+    table = pd.DataFrame(rows).sort_values(["task", "labels", "k"]).reset_index(drop=True)
+    if examples is None:
+        return table
+    shots = with_intervals(table[table["k"] > 0], frame, examples, ["task", "labels", "k"], metric)
+    zeros = with_intervals(table[table["k"] == 0], zero, examples, ["task"], metric)
+    both = pd.concat([shots, zeros]).sort_values(["task", "labels", "k"])
+    return both.reset_index(drop=True)
 
 
 def _interval_row(task, labels, k, values: pd.Series, student_t) -> dict:
@@ -176,11 +204,36 @@ def early_ascent(curve: pd.DataFrame) -> dict:
     }
 
 
-def early_ascent_table(shots: pd.DataFrame) -> pd.DataFrame:
-    rows = [
-        {"task": task, "labels": labels, **early_ascent(curve)}
-        for (task, labels), curve in shots.groupby(["task", "labels"])
-    ]
+DIP_COLUMNS = ("dip_difference", "dip_ci_low", "dip_ci_high", "dip_p")
+
+
+def dip_test(runs: pd.DataFrame, examples: pd.DataFrame, task, labels, k) -> dict:
+    """The paired accuracy difference between a curve's dip at k and k=0 (``icl.effects``),
+    with its 95% interval and p-value; NaN unless exactly one matched pair of cells."""
+    chosen = (runs["task"] == task) & (
+        (runs["k"] == 0) | ((runs["k"] == k) & (runs["labels"] == labels))
+    )
+    table = effects.effects_table(runs[chosen], examples, ["k"])
+    table = table[table["labels"] == labels]
+    if len(table) != 1:
+        return dict.fromkeys(DIP_COLUMNS, float("nan"))
+    row = table.iloc[0]
+    return dict(zip(DIP_COLUMNS, (row["difference"], row["ci_low"], row["ci_high"], row["p"])))
+
+
+def early_ascent_table(shots: pd.DataFrame, runs=None, examples=None) -> pd.DataFrame:
+    """The early ascent of every curve; with the runs and their per-example outcomes (accuracy
+    curves), the dip's paired difference from k=0 with its CI and p (``dip_*``), and
+    ``early_ascent_tested``: an early ascent whose dip's interval lies below zero."""
+    rows = []
+    for (task, labels), curve in shots.groupby(["task", "labels"]):
+        row = {"task": task, "labels": labels, **early_ascent(curve)}
+        if examples is not None and len(examples):
+            dipped = row["lowest_k"] is not None
+            test = dip_test(runs, examples, task, labels, row["lowest_k"]) if dipped else {}
+            row.update({c: test.get(c, float("nan")) for c in DIP_COLUMNS})
+            row["early_ascent_tested"] = bool(row["early_ascent"] and row["dip_ci_high"] < 0)
+        rows.append(row)
     return pd.DataFrame(rows).astype({"lowest_k": "Int64", "first_k_above": "Int64"})
 
 
