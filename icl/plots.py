@@ -262,3 +262,36 @@ def plot_shots_curve(shots: pd.DataFrame, ascent: pd.DataFrame, out: Path, ylabe
         fontsize=10,
     )
     return _save(fig, out)
+
+
+DECODER_PANELS = (
+    ("format_valid_rate", "answers that are a label word (%)"),
+    ("accuracy", "accuracy (%)"),
+)
+
+
+def plot_decoding(table: pd.DataFrame, out: Path) -> Path:
+    """Format validity (top) and accuracy (bottom) against k, a column per task and a line per
+    decoder; label-word scoring on the same prompts is the dashed reference."""
+    tasks = sorted(table["task"].unique())
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.6 * len(tasks), 7.0), squeeze=False)
+    for col, task in enumerate(tasks):
+        frame = table[table["task"] == task]
+        for row, (metric, ylabel) in enumerate(DECODER_PANELS):
+            ax = axes[row][col]
+            for decoder, curve in frame.groupby("decoder", sort=True):
+                ax.plot(curve["k"], curve[f"{metric}_mean"] * 100, marker="o", ms=3, label=decoder)
+            if metric == "accuracy":
+                scoring = frame.groupby("k")["scoring_accuracy_mean"].mean()
+                ax.plot(scoring.index, scoring * 100, ls="--", color="grey", label="scoring")
+            ks = sorted(frame["k"].unique())
+            ax.set_xscale("symlog", linthresh=1, linscale=0.4)
+            ax.set_xticks(ks, [str(k) for k in ks], fontsize=7)
+            ax.set_ylim(0, 100)
+            ax.set_xlabel("demonstrations k")
+            ax.set_ylabel(ylabel)
+            ax.set_title(task, fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6, loc="lower right")
+    fig.suptitle("free generation: valid answers and accuracy against k, by decoder", fontsize=10)
+    return _save(fig, out)

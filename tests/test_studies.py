@@ -141,7 +141,7 @@ def test_reports_write_tables_and_figures_for_every_kind(tmp_path):
                         accuracy=acc, macro_f1=acc, zero_shot_perplexity=float(rng.uniform(5, 50)),
                         template=f"t{s}{k}", label_words="bad/good",
                     )  # fmt: skip
-    for kind in reports.REPORTS:
+    for kind in set(reports.REPORTS) - {"decoding"}:  # decoding: method=generate runs, below
         assert reports.tables(kind, tmp_path)
         for path in reports.figures(kind, tmp_path):
             assert path.exists() and path.stat().st_size > 1000
@@ -152,3 +152,29 @@ def test_reports_write_tables_and_figures_for_every_kind(tmp_path):
 def test_every_study_reports_known_kinds():
     for study in studies.STUDIES.values():
         assert study.reports and set(study.reports) <= set(reports.REPORTS)
+
+
+def test_the_decoding_report_tables_validity_and_accuracy_per_decoder(tmp_path):
+    decoders = {"greedy": {}, "t07": {"temperature": 0.7}, "topp": {"top_p": 0.9}}
+    for name, settings in decoders.items():
+        for k in (0, 4):
+            for s in (1, 2):
+                write_run(
+                    tmp_path, f"{name}-{k}-{s}", method="generate", task="sst2", k=k, seed=s,
+                    labels="gold", decoding="greedy" if name == "greedy" else "sample",
+                    temperature=settings.get("temperature", 1.0) if name != "greedy" else None,
+                    top_k=0 if name != "greedy" else None, top_p=settings.get("top_p", 1.0)
+                    if name != "greedy" else None, accuracy=0.5 + 0.1 * s, format_valid_rate=0.9,
+                    scoring_accuracy=0.8, macro_f1=0.5,
+                )  # fmt: skip
+    text = reports.tables("decoding", tmp_path)
+    assert "| sst2 | greedy | 90 / 65 | 90 / 65 |" in text  # accuracy: 60 and 70 over two seeds
+    assert "T=0.7" in text and "top-p 0.9" in text
+    (figure,) = reports.figures("decoding", tmp_path)
+    assert figure.name == "decoding.png" and figure.stat().st_size > 1000
+
+
+def test_the_decoding_report_needs_generation_runs(tmp_path):
+    write_run(tmp_path, "a", task="sst2", k=0, labels="gold", accuracy=0.5, macro_f1=0.5)
+    with pytest.raises(ICLError, match="method=generate"):
+        reports.tables("decoding", tmp_path)

@@ -38,6 +38,7 @@ STUDIES = {
     "label_words": Study("label_words", reports=("label_words",)),
     "shots_curve": Study("shots_curve", reports=("shots",)),
     "scoring_rules": Study("scoring_rules", reports=("rules",)),
+    "decoding": Study("decoding", reports=("decoding",)),
 }
 QUICK_TASKS = {"template_sweep": ("sst2", "cb")}
 

@@ -221,6 +221,17 @@ def rules_figures(root: Path, runs: pd.DataFrame, metric: str, out=None) -> list
     return [plots.plot_accuracy_vs_k(long, out, metric=metric, by="scored_rule", bands=band)]
 
 
+def decoding_tables(root: Path, runs: pd.DataFrame) -> str:
+    """Validity and accuracy per task, decoder and k (and the full table as CSV)."""
+    table = tables_.decoding_table(runs)
+    _write_table(root, "decoding", table, index=False)
+    return _write_table(root, "decoding_valid_accuracy", tables_.decoding_text(table))
+
+
+def decoding_figures(root: Path, runs: pd.DataFrame, metric: str, out=None) -> list[Path]:
+    return [plots.plot_decoding(tables_.decoding_table(runs), root / "decoding.png")]
+
+
 # each report kind: its tables (root, runs) -> Markdown, its figures (root, runs, metric, out)
 REPORT_KINDS = {
     "curve": (curve_tables, curve_figures),
@@ -229,6 +240,7 @@ REPORT_KINDS = {
     "label_words": (label_words_tables, label_words_figures),
     "shots": (shots_tables, shots_figures),
     "rules": (rules_tables, rules_figures),
+    "decoding": (decoding_tables, decoding_figures),
 }
 REPORTS = tuple(REPORT_KINDS)
 

@@ -9,6 +9,7 @@ import pandas as pd
 
 from icl import effects
 from icl.demos import CHART_ORDER, NO_DEMOS, correct_percent
+from icl.errors import ICLError
 from icl.scoring import SCORING_RULES
 
 
@@ -308,3 +309,49 @@ def balance_table(rule_seeds: pd.DataFrame, rules=("direct", "calibrated")) -> p
         for label, values in columns.items()
     }
     return pd.concat(cells, axis=1)
+
+
+def decoder_name(row) -> str:
+    """How a generation cell decoded: greedy, or its sampling settings (T=0.7, top-p 0.9)."""
+    if row.get("decoding") != "sample":
+        return str(row.get("decoding"))
+    parts = []
+    if row.get("top_k"):
+        parts.append(f"top-k {int(row['top_k'])}")
+    if row.get("top_p") is not None and row["top_p"] < 1:
+        parts.append(f"top-p {row['top_p']:g}")
+    if not parts or row.get("temperature") != 1.0:
+        parts.insert(0, f"T={row['temperature']:g}")
+    return ", ".join(parts)
+
+
+DECODING_METRICS = ("format_valid_rate", "accuracy", "scoring_accuracy")
+
+
+def decoding_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Format validity, accuracy and label-word scoring accuracy (mean and std over seeds)
+    per task, decoder and k."""
+    if "format_valid_rate" not in runs:
+        raise ICLError("the decoding report reads method=generate runs; these runs have none")
+    frame = runs.assign(decoder=runs.apply(decoder_name, axis=1))
+    rows = []
+    for (task, decoder, k), group in frame.groupby(["task", "decoder", "k"]):
+        row = {"task": task, "decoder": decoder, "k": int(k)}
+        for metric in DECODING_METRICS:
+            mean, std, n = mean_std(group[metric])
+            row.update({f"{metric}_mean": mean, f"{metric}_std": std})
+        rows.append({**row, "n_seeds": n})
+    return pd.DataFrame(rows).sort_values(["task", "decoder", "k"]).reset_index(drop=True)
+
+
+def decoding_text(table: pd.DataFrame) -> pd.DataFrame:
+    """The decoding table as 'valid % / accuracy %' per (task, decoder) row and k column."""
+    cells = table.assign(
+        cell=[
+            f"{100 * v:.0f} / {100 * a:.0f}"
+            for v, a in zip(table["format_valid_rate_mean"], table["accuracy_mean"])
+        ]
+    )
+    wide = cells.pivot(index=["task", "decoder"], columns="k", values="cell")
+    wide.columns = [f"k={k}" for k in wide.columns]
+    return wide
