@@ -23,6 +23,8 @@ SEEDS_SUMMARY_STEM = "summary_seeds"
 RULES_SUMMARY_STEM = "summary_rules"
 # in the long form of the rule columns (rule_runs): the rule a row's metrics belong to
 SCORED_RULE = "scored_rule"
+# a generation run's share of answers that are no label word (not a class)
+INVALID_SHARE = "prediction_share_invalid"
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -115,8 +117,21 @@ def collect_runs(root: Path) -> pd.DataFrame:
     return frame.sort_values(sort_by).reset_index(drop=True)
 
 
-def _example_rows(run_dir: str, lines: list[dict], primary: str) -> list[dict]:
+def _generated_rows(run_dir: str, lines: list[dict], primary: str, n_classes: int) -> list[dict]:
+    """A generation run's per-example outcomes (its first answer; an invalid one is -1),
+    filed under the run's scoring rule so they pair with other runs of the same cell."""
+    return [
+        {"run_dir": run_dir, SCORED_RULE: primary, "example_id": str(line["example_id"]),
+         "pred": -1 if line["prediction_index"] is None else line["prediction_index"],
+         "gold": line["gold_index"], "n_classes": n_classes, "correct": bool(line["correct"])}
+        for line in lines
+    ]  # fmt: skip
+
+
+def _example_rows(run_dir: str, lines: list[dict], primary: str, n_classes: int) -> list[dict]:
     """A run's per-example outcomes, one row per (example, rule computed)."""
+    if lines and "generations" in lines[0]:
+        return _generated_rows(run_dir, lines, primary, n_classes)
     rows = []
     for line in lines:
         if "correct" not in line or "option_logprob" not in line:
@@ -140,11 +155,14 @@ def collect_examples(root: Path, runs: pd.DataFrame) -> pd.DataFrame:
     root = Path(root)
     rows = []
     primaries = runs["rule"] if "rule" in runs else pd.Series(None, index=runs.index)
-    for run_dir, primary in zip(runs["run_dir"], primaries):
+    # classes per run: its prediction shares, but for the share of invalid answers
+    shares = [c for c in runs.columns if c.startswith("prediction_share_") and c != INVALID_SHARE]
+    n_classes = runs[shares].notna().sum(axis=1) if shares else pd.Series(0, index=runs.index)
+    for run_dir, primary, n in zip(runs["run_dir"], primaries, n_classes):
         path = root / run_dir / PREDICTIONS_FILE
         if path.exists():
             primary = primary if isinstance(primary, str) else "direct"
-            rows += _example_rows(run_dir, read_predictions(path.parent), primary)
+            rows += _example_rows(run_dir, read_predictions(path.parent), primary, int(n))
     columns = ["run_dir", SCORED_RULE, "example_id", "pred", "gold", "n_classes", "correct"]
     return pd.DataFrame(rows, columns=columns)
 

@@ -17,6 +17,7 @@ QUICK = {
     "template_sweep": (13 + 12, ["perplexity_correlation.md", "templates_perplexity.png"]),
     "label_words": (5 * 2 * 2, ["label_words.md", "label_words.png"]),
     "shots_curve": (11 * 2 * 2, ["shots.md", "early_ascent.md", "shots_accuracy.png"]),
+    "decoding": (2 * 2, ["decoding.md", "decoding_valid_accuracy.md", "decoding.png"]),
 }  # fmt: skip
 
 
