@@ -235,13 +235,36 @@ def _flatten(metrics: dict, run_dir: Path, root: Path) -> dict:
     return row
 
 
-def collect_runs(root: Path) -> pd.DataFrame:
-    """One row per finished run under root (every metrics.json below it)."""
+# what a run folder holds from its start (Hydra's .hydra, the lock) or a run that stopped
+RUN_MARKERS = (".hydra", LOCK_FILE, CONFIG_FILE, PREDICTIONS_FILE)
+
+
+def incomplete_runs(root: Path) -> list[str]:
+    """The run folders under root with no finished result: unfinished (no metrics.json) or
+    unreadable (a corrupt one); each line says which and how to finish it."""
     root = Path(root)
-    rows = [
-        _flatten(json.loads(path.read_text()), path.parent, root)
-        for path in sorted(root.rglob(METRICS_FILE))
-    ]
+    found = []
+    folders = {p.parent for marker in RUN_MARKERS for p in root.rglob(marker)}
+    for folder in sorted(folders | {p.parent for p in root.rglob(METRICS_FILE)}):
+        try:
+            if read_metrics(folder) is None:
+                found.append(f"{folder}: unfinished (no {METRICS_FILE}); rerun its sweep")
+        except UnreadableMetrics as err:
+            found.append(f"{folder}: unreadable ({err}); rerun its sweep to redo it")
+    return found
+
+
+def collect_runs(root: Path) -> pd.DataFrame:
+    """One row per finished run under root (every readable metrics.json below it; the others
+    are listed by ``incomplete_runs``)."""
+    root = Path(root)
+    rows = []
+    for path in sorted(root.rglob(METRICS_FILE)):
+        try:
+            metrics = read_metrics(path.parent)
+        except UnreadableMetrics:
+            continue
+        rows.append(_flatten(metrics, path.parent, root))
     if not rows:
         raise FileNotFoundError(f"no {METRICS_FILE} under {root}: nothing has finished there yet")
     frame = pd.DataFrame(rows)

@@ -38,6 +38,8 @@ SUMMARY_METRICS = (
     "zero_shot_perplexity",
     "kshot_perplexity",
     "accuracy_vs_permuted",
+    "majority_baseline",
+    "majority_baseline_macro_f1",
 )
 
 
