@@ -183,6 +183,11 @@ def write_run_files(out_dir: Path, config_text: str, rows, metrics: dict) -> Non
     failed write (a full disk, a read-only folder) leaves none of them, and says why."""
     out_dir = Path(out_dir)
     written = [out_dir / CONFIG_FILE, out_dir / PREDICTIONS_FILE]
+    # temporary files of a run killed mid-write (the folder's lock is ours: none is live)
+    for name in (CONFIG_FILE, PREDICTIONS_FILE, METRICS_FILE):
+        for stale in out_dir.glob(f".{name}.*"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
     try:
         # the folder reads as unfinished while its files change
         (out_dir / METRICS_FILE).unlink(missing_ok=True)
