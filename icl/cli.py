@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -75,12 +76,59 @@ def execute(cfg) -> float:
     return metrics[method.headline]
 
 
+# config groups whose choice on the command line is checked before Hydra composes
+CHECKED_GROUPS = ("task", "model", "method")
+
+
+def config_dirs(argv: list[str]) -> list[Path] | None:
+    """conf/ and the folders --config-dir and hydra.searchpath add (None: a pkg:// entry, which
+    this check cannot list)."""
+    dirs = [conf_dir()]
+    for i, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            dirs.append(Path(argv[i + 1]))
+        elif arg.startswith("--config-dir="):
+            dirs.append(Path(arg.split("=", 1)[1]))
+        elif arg.startswith("hydra.searchpath="):
+            for entry in arg.split("=", 1)[1].strip("[]").split(","):
+                entry = entry.strip().strip("'\"")
+                if entry.startswith("pkg://"):
+                    return None
+                dirs.append(Path(entry.removeprefix("file://")))
+    return dirs
+
+
+def unknown_choice(argv: list[str]) -> str | None:
+    """The message for ``task=NAME`` (model, method) naming no config file, with the names
+    there are and how to add a config from outside the repo; None when all are found."""
+    dirs = config_dirs(argv)
+    if dirs is None:
+        return None
+    for arg in argv:
+        group, _, value = arg.partition("=")
+        if group not in CHECKED_GROUPS or not re.fullmatch(r"[\w.-]+(,[\w.-]+)*", value):
+            continue
+        known = sorted({p.stem for d in dirs for p in (d / group).glob("*.yaml")})
+        for name in value.split(","):
+            if name not in known:
+                return (
+                    f"unknown {group} {name!r}; valid names: {', '.join(known)}. A {group} "
+                    f"config of your own, outside the repo: write DIR/{group}/{name}.yaml and "
+                    f"add --config-dir DIR (or hydra.searchpath=[file://DIR])"
+                )
+    return None
+
+
 def run() -> None:
     """Entry point of ``icl-run``."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
     setup()
+    problem = unknown_choice(sys.argv[1:])
+    if problem:
+        print(f"icl-run: error: {problem}", file=sys.stderr)
+        sys.exit(2)
 
     @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
     def _main(cfg) -> float:
@@ -150,6 +198,17 @@ def collect(argv: list[str] | None = None) -> None:
     if args.effects is not None:
         print(f"\neffects -> {args.dir / 'effects.csv'}, {args.dir / 'effects.md'}\n")
         print(effects)
+    report_incomplete(args.dir)
+
+
+def report_incomplete(root: Path) -> None:
+    """List the cells under root that the tables leave out (unfinished or unreadable)."""
+    from icl.results import incomplete_runs
+
+    missing = incomplete_runs(root)
+    if missing:
+        print(f"\n{len(missing)} cell(s) not in these tables:")
+        print("\n".join(f"  {line}" for line in missing))
 
 
 def plot(argv: list[str] | None = None) -> None:
@@ -172,6 +231,7 @@ def plot(argv: list[str] | None = None) -> None:
         parser.exit(2, f"icl-plot: error: {err}\n")
     for path in paths:
         print(f"figure -> {path}")
+    report_incomplete(args.dir)
 
 
 def study(argv: list[str] | None = None) -> None:

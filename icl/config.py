@@ -63,7 +63,9 @@ class TemplateConfig:
     """An input format and one label word per class; the answer follows ``answer_sep``."""
 
     input: str = MISSING
-    label_words: list[str] = MISSING
+    # Any, not str: an unquoted YAML yes/no/on/off would become "True"/"False" under str;
+    # kept as a bool, the template check can say to quote it
+    label_words: list[Any] = MISSING
     # what separates the input format from the label word; the word is scored with it
     answer_sep: str = " "
     # what separates two demonstrations, and the last demonstration from the query
@@ -84,8 +86,12 @@ class TaskConfig:
     label_values: list[Any] = MISSING
     # the readable class names, one per label value
     label_names: list[str] = MISSING
-    # rows whose label is not in label_values: error | drop
+    # rows whose label is not in label_values: error | drop (counted in metrics.json warnings)
     unknown_labels: str = "error"
+    # rows with a rendered text field missing, null or empty: error | drop (counted likewise)
+    missing_text: str = "error"
+    # the encoding of local csv, json and text data files
+    encoding: str = "utf-8"
     demo_split: str = "train"
     eval_split: str = "test"
     # when demo_split == eval_split, the share of its rows held out for evaluation
@@ -117,7 +123,8 @@ class DemosConfig:
 
 @dataclass
 class EvalConfig:
-    n_test: int = 200
+    # test examples: a positive integer (at most the test pool's size) or all. Any: see below
+    n_test: Any = 200
     # which test examples: fixed across demonstration seeds so only the demonstrations vary
     seed: int = 0
     # rows per forward: a positive integer, or auto (16 on CPU; on CUDA what fits free memory,
@@ -198,7 +205,7 @@ class RunConfig:
     template: str | None = None
     # label words (one per class, in class order) in place of the template's own, e.g. for
     # the label-word study of Gao et al. 2021: label_words=[terrible,great]
-    label_words: list[str] | None = None
+    label_words: list[Any] | None = None
     # rerun a cell whose metrics.json exists
     overwrite: bool = False
     # where the run writes; the CLI sets it to Hydra's output folder

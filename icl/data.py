@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,12 @@ from icl.errors import ICLError
 from icl.hub import HubUnavailable, require_hub
 
 LOCAL_BUILDERS = ("csv", "json", "text", "parquet", "arrow")
+# the builders that read text files, and so take task.encoding
+TEXT_BUILDERS = ("csv", "json", "text")
 LINE_FORMATS = (None, "label_first_token")
+DROP_CHOICES = ("error", "drop")
+N_TEST_ALL = "all"
+N_TEST_UP_TO = "up_to:"
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,8 @@ class Example:
 class Pools:
     demos: list[Example]
     test: list[Example]
+    # what loading dropped or changed, for metrics.json's warnings
+    warnings: tuple[str, ...] = ()
 
 
 def project_root() -> Path:
@@ -81,6 +90,66 @@ def _resolve_data_files(data_files: dict[str, Any] | None, data_dir: str | None)
     return resolved
 
 
+# compressed files datasets reads, and how to open them (others are not checked)
+DECOMPRESS = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
+UNCHECKED = (".zip", ".zst", ".lz4", ".tar")
+
+
+def data_file_bytes(path: str) -> bytes | None:
+    """The file's content, decompressed; None for an archive format we do not open."""
+    suffix = Path(path).suffix
+    if suffix in UNCHECKED:
+        return None
+    if suffix in DECOMPRESS:
+        return importlib.import_module(DECOMPRESS[suffix]).decompress(Path(path).read_bytes())
+    return Path(path).read_bytes()
+
+
+def check_data_file(path: str, builder: str, encoding: str) -> None:
+    """Fail naming the file when it is empty, not in ``encoding``, or (json) not JSON.
+
+    ``datasets`` reports these as a traceback that names neither the file nor the fix.
+    """
+    raw = data_file_bytes(path)
+    if raw is None:
+        return
+    if not raw.strip():
+        raise ICLError(f"data file {path} is empty; give the split a file with rows")
+    if builder not in TEXT_BUILDERS:
+        return
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ICLError(
+            f"data file {path} is not {encoding} (byte {raw[err.start]:#x} on line {line}); "
+            f"set task.encoding to the file's encoding (e.g. task.encoding=latin-1)"
+        ) from err
+    except LookupError as err:
+        raise ICLError(f"unknown task.encoding {encoding!r} ({err})") from err
+    if builder == "json":
+        check_json(path, text)
+
+
+def check_json(path: str, text: str) -> None:
+    """A JSON document, or JSON Lines: one object per non-blank line."""
+    try:
+        json.loads(text)
+        return
+    except json.JSONDecodeError:
+        pass
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ICLError(
+                f"data file {path}, line {number}: not valid JSON ({err.msg}, column "
+                f"{err.colno}); fix or remove that line"
+            ) from err
+
+
 def load_raw_splits(task) -> dict[str, Any]:
     """Run ``datasets.load_dataset`` for the task; the hub path fails fast when offline."""
     import datasets
@@ -92,13 +161,24 @@ def load_raw_splits(task) -> dict[str, Any]:
     hint = f"Offline, use the local twin of this task: task={local_twin} (reads task.data_dir)."
     if is_hub:
         require_hub(f"dataset {ds.path!r}", hint)
+    kwargs = dict(ds.kwargs or {})
+    if ds.path in TEXT_BUILDERS:
+        kwargs.setdefault("encoding", task.encoding)
+        for path in (p for paths in (data_files or {}).values() for p in paths):
+            check_data_file(path, ds.path, kwargs["encoding"])
     try:
-        loaded = datasets.load_dataset(
-            ds.path, ds.name, data_files=data_files, **dict(ds.kwargs or {})
-        )
+        loaded = datasets.load_dataset(ds.path, ds.name, data_files=data_files, **kwargs)
     except Exception as err:
         if is_hub:
             raise HubUnavailable(f"could not load dataset {ds.path!r} ({err}). {hint}") from err
+        if not isinstance(err, ICLError):
+            files = ", ".join(p for paths in (data_files or {}).values() for p in paths)
+            cause = str(err.__cause__ or err).splitlines()[0] if str(err.__cause__ or err) else ""
+            raise ICLError(
+                f"could not read task {task.name!r} with the {ds.path!r} builder from "
+                f"{files or ds.path}: {type(err.__cause__ or err).__name__}: {cause}; check "
+                f"the files and task.dataset (path, kwargs)"
+            ) from err
         raise
     return dict(loaded)
 
@@ -134,10 +214,32 @@ def check_split(task, split: str, columns: list[str]) -> None:
         )
 
 
-def to_examples(task, split: str, rows: list[dict[str, Any]]) -> list[Example]:
+def check_drop_setting(task) -> None:
+    for key in ("unknown_labels", "missing_text"):
+        if getattr(task, key) not in DROP_CHOICES:
+            raise ICLError(f"task.{key}={getattr(task, key)!r}; valid: {', '.join(DROP_CHOICES)}")
+
+
+def missing_text(row: dict[str, Any], fields) -> str | None:
+    """The first rendered field that is absent, null or blank in a row (else None)."""
+    for name in fields:
+        value = row.get(name)
+        if value is None or not str(value).strip():
+            return name
+    return None
+
+
+@dataclass(frozen=True)
+class SplitExamples:
+    examples: list[Example]
+    warnings: tuple[str, ...] = ()
+
+
+def to_examples(task, split: str, rows: list[dict[str, Any]]) -> SplitExamples:
     """Map raw rows to Examples: label values to class indices, duplicate texts dropped."""
+    check_drop_setting(task)
     index_of = {str(v): i for i, v in enumerate(task.label_values)}
-    examples, seen, unknown = [], set(), 0
+    examples, seen, unknown, empty = [], set(), 0, 0
     for position, row in enumerate(rows):
         raw = row.get(task.label_field)
         if raw is None:
@@ -153,15 +255,37 @@ def to_examples(task, split: str, rows: list[dict[str, Any]]) -> list[Example]:
                 f"label {raw!r} in split {split!r} is not one of task.label_values "
                 f"{list(task.label_values)}; list it, or set task.unknown_labels=drop"
             )
+        blank = missing_text(row, task.text_fields)
+        if blank is not None:
+            # str(None) would be scored as the text "None", and two such rows merged
+            if task.missing_text == "drop":
+                empty += 1
+                continue
+            raise ICLError(
+                f"row {position} of split {split!r} of task {task.name!r} has no text in field "
+                f"{blank!r} (missing, null or empty); fix the data, or set "
+                f"task.missing_text=drop to leave such rows out (counted in metrics.json)"
+            )
         fields = {name: str(row[name]).strip() for name in task.text_fields}
         example = Example(id=f"{split}-{position}", fields=fields, label=index_of[str(raw)])
         if example.key not in seen:
             seen.add(example.key)
             examples.append(example)
-    return examples
+    warnings = []
+    if unknown:
+        warnings.append(
+            f"task {task.name!r}, split {split!r}: dropped {unknown} of {len(rows)} rows whose "
+            f"label is not in task.label_values (task.unknown_labels=drop)"
+        )
+    if empty:
+        warnings.append(
+            f"task {task.name!r}, split {split!r}: dropped {empty} of {len(rows)} rows with a "
+            f"missing or empty text field (task.missing_text=drop)"
+        )
+    return SplitExamples(examples, tuple(warnings))
 
 
-def load_split_examples(task, raw: dict[str, Any], split: str) -> list[Example]:
+def load_split_examples(task, raw: dict[str, Any], split: str) -> SplitExamples:
     if split not in raw:
         raise ICLError(f"task {task.name!r} has no split {split!r}; its splits are {sorted(raw)}")
     rename = dict(task.dataset.rename_columns or {})
@@ -189,19 +313,47 @@ def load_pools(task) -> Pools:
     """The demonstration pool and the test pool, with no test text among the demonstrations."""
     raw = load_raw_splits(task)
     if task.demo_split == task.eval_split:
-        pools = hold_out(
-            load_split_examples(task, raw, task.eval_split), task.eval_share, task.split_seed
-        )
+        loaded = load_split_examples(task, raw, task.eval_split)
+        pools = hold_out(loaded.examples, task.eval_share, task.split_seed)
+        warnings = loaded.warnings
     else:
-        pools = Pools(
-            demos=load_split_examples(task, raw, task.demo_split),
-            test=load_split_examples(task, raw, task.eval_split),
-        )
+        demo_rows = load_split_examples(task, raw, task.demo_split)
+        test_rows = load_split_examples(task, raw, task.eval_split)
+        pools = Pools(demos=demo_rows.examples, test=test_rows.examples)
+        warnings = demo_rows.warnings + test_rows.warnings
     test_keys = {ex.key for ex in pools.test}
     demos = [ex for ex in pools.demos if ex.key not in test_keys]
     if not pools.test:
         raise ICLError(f"the test pool of task {task.name!r} is empty")
-    return Pools(demos=demos, test=pools.test)
+    return Pools(demos=demos, test=pools.test, warnings=warnings)
+
+
+def check_n_test(n_test) -> None:
+    """eval.n_test is a positive integer, ``all`` or ``up_to:N``."""
+    cap = n_test.removeprefix(N_TEST_UP_TO) if isinstance(n_test, str) else None
+    plain = isinstance(n_test, int) and not isinstance(n_test, bool) and n_test > 0
+    if plain or n_test == N_TEST_ALL or (cap and cap.isdigit() and int(cap) > 0):
+        return
+    raise ICLError(
+        f"eval.n_test must be a positive integer, {N_TEST_ALL} (the whole test pool) or "
+        f"{N_TEST_UP_TO}N (at most N), got {n_test!r}"
+    )
+
+
+def resolve_n_test(n_test, pool_size: int, task_name: str) -> int:
+    """How many test examples eval.n_test asks for; more than the pool holds is an error."""
+    check_n_test(n_test)
+    if n_test == N_TEST_ALL:
+        return pool_size
+    if isinstance(n_test, str):
+        return min(int(n_test.removeprefix(N_TEST_UP_TO)), pool_size)
+    if n_test > pool_size:
+        raise ICLError(
+            f"eval.n_test={n_test} is more than the {pool_size} examples of task "
+            f"{task_name!r}'s test pool; set eval.n_test={pool_size} or eval.n_test={N_TEST_ALL} "
+            f"(every one), or eval.n_test={N_TEST_UP_TO}{n_test} (at most {n_test})"
+        )
+    return n_test
 
 
 def sample_test(pool: list[Example], n_test: int, seed: int) -> list[Example]:

@@ -37,6 +37,16 @@ def majority_share(gold, n_classes: int) -> float:
     return float(np.bincount(gold, minlength=n_classes).max() / len(gold)) if len(gold) else 0.0
 
 
+def majority_macro_f1(gold, n_classes: int) -> float:
+    """The macro-F1 of always predicting the most frequent gold class: that class's F1,
+    2 n_c / (n + n_c), over the number of classes (every other class scores 0)."""
+    gold = np.asarray(gold, dtype=int)
+    if not len(gold):
+        return 0.0
+    top = np.bincount(gold, minlength=n_classes).max()
+    return float(2 * top / (len(gold) + top) / n_classes)
+
+
 def classification_metrics(pred, gold, label_names: list[str]) -> dict:
     n = len(label_names)
     shares = prediction_shares(pred, n)
@@ -46,4 +56,5 @@ def classification_metrics(pred, gold, label_names: list[str]) -> dict:
         "n": int(len(gold)),
         "prediction_share": dict(zip(label_names, shares)),
         "majority_baseline": majority_share(gold, n),
+        "majority_baseline_macro_f1": majority_macro_f1(gold, n),
     }

@@ -17,7 +17,7 @@ import torch
 import icl
 from icl import templates
 from icl.config import ModelConfig, RunConfig, TemplateConfig
-from icl.data import Example, cached_pools, sample_test
+from icl.data import Example, cached_pools, check_n_test, resolve_n_test, sample_test
 from icl.demos import (
     Demonstrations,
     DemoSet,
@@ -75,6 +75,8 @@ class CellPlan:
     # permuted labels: each gold class and the class it is shown as
     label_mapping: dict[str, str] | None
     scoring: ScoringPlan
+    # what running on changed (rows dropped, ...): recorded in metrics.json and logged
+    warnings: tuple[str, ...] = ()
 
 
 def require(cfg: RunConfig, method: str, *parts: str) -> None:
@@ -98,7 +100,7 @@ def cell_identity(cfg: RunConfig, method: str) -> CellIdentity:
         method=method,
         task=cfg.task.name,
         template=name,
-        label_words="/".join(cfg.label_words) if cfg.label_words else None,
+        label_words="/".join(map(str, cfg.label_words)) if cfg.label_words else None,
         model=cfg.model.name,
         k=cfg.demos.k,
         labels=cfg.demos.labels,
@@ -129,11 +131,13 @@ def plan_cell(
     if cfg.scoring.engine not in ENGINE_CHOICES:
         raise unknown_name("scoring engine", cfg.scoring.engine, ENGINE_CHOICES)
     check_batch_size(cfg.eval.batch_size)
+    check_n_test(cfg.eval.n_test)
     identity = identity or cell_identity(cfg, method)
     template = resolved_template(cfg, identity.template)
     scoring = scoring_plan(cfg, identity, template)
     pools = cached_pools(cfg.task)
-    test = sample_test(pools.test, cfg.eval.n_test, cfg.eval.seed)
+    n_test = resolve_n_test(cfg.eval.n_test, len(pools.test), cfg.task.name)
+    test = sample_test(pools.test, n_test, cfg.eval.seed)
     names = list(cfg.task.label_names)
     demo_sets = chosen_demo_sets(cfg, pools.demos, len(test))
     return CellPlan(
@@ -152,6 +156,7 @@ def plan_cell(
         if cfg.demos.labels == "permuted"
         else None,
         scoring=scoring,
+        warnings=pools.warnings,
     )
 
 
@@ -234,8 +239,9 @@ def ood_corpus_task(cfg: RunConfig):
     corpus = cfg.demos.ood_task
     if corpus is None:
         raise ICLError(
-            "demos.labels=ood_inputs needs a corpus of other texts: choose one with "
-            "corpus@demos.ood_task=NAME (a task under conf/task)"
+            f"demos.labels=ood_inputs needs a corpus of other texts, and task "
+            f"{cfg.task.name!r} has no default (conf/ood/{cfg.task.name}.yaml): choose one "
+            f"with corpus@demos.ood_task=NAME (a corpus under conf/corpus), or write that file"
         )
     if corpus.name == cfg.task.name:
         raise ICLError(

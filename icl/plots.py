@@ -29,6 +29,10 @@ def curve(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     return stats
 
 
+# the majority class's score under each metric that has one
+BASELINES = {"accuracy": "majority_baseline", "macro_f1": "majority_baseline_macro_f1"}
+
+
 def plot_accuracy_vs_k(
     runs: pd.DataFrame, out: Path, metric: str = "accuracy", by: str = "labels", bands=None
 ) -> Path:
@@ -62,9 +66,10 @@ def plot_accuracy_vs_k(
             ax.fill_between(
                 stats["k"], low, high, alpha=0.2 if by == "labels" else 0.1, color=colour
             )
-        if "majority_baseline" in frame:
+        baseline = BASELINES.get(metric)
+        if baseline in frame and frame[baseline].notna().any():
             ax.axhline(
-                frame["majority_baseline"].mean(),
+                frame[baseline].mean(),
                 color="grey",
                 ls=":",
                 lw=1,

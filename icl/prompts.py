@@ -36,6 +36,22 @@ def option_tokens(lm: LanguageModel, template) -> tuple[tuple[int, ...], ...]:
     return options
 
 
+def check_option_prefixes(lm: LanguageModel, words, options, rules) -> None:
+    """Under ``direct`` an option whose tokens start with another option's can never win (its
+    summed log-prob adds terms to the shorter one's); refuse it rather than report that."""
+    if "direct" not in rules:
+        return
+    for i, short in enumerate(options):
+        for j, long in enumerate(options):
+            if i != j and len(short) < len(long) and long[: len(short)] == short:
+                raise ICLError(
+                    f"label word {words[j]!r} starts with the tokens of {words[i]!r} under "
+                    f"{lm.name}'s tokenizer, so rule 'direct' (summed log-probs) can never "
+                    f"predict it; use scoring.rule=direct_mean (and leave direct out of "
+                    f"scoring.rules), or choose label words that tokenize apart"
+                )
+
+
 def too_long(lm, request: ScoreRequest) -> int | None:
     """The tokens a request needs with its longest option, when that exceeds the context."""
     longest = max((len(o) for o in request.options), default=0)

@@ -5,19 +5,32 @@ The tables of the studies are built from the collected table in ``icl.studies.ta
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from icl.identity import LIST_FIELDS, SEED_FIELD, CellIdentity, group_columns
+from icl.errors import ICLError
+from icl.identity import LATER_KEYS, LIST_FIELDS, SEED_FIELD, CellIdentity, group_columns
 from icl.scoring import SCORING_RULES
+
+try:  # POSIX; elsewhere cells go unlocked
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 CONFIG_FILE = "config.yaml"
+LOCK_FILE = ".icl.lock"
 SUMMARY_STEM = "summary"
 SEEDS_SUMMARY_STEM = "summary_seeds"
 RULES_SUMMARY_STEM = "summary_rules"
@@ -43,29 +56,155 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def write_predictions(out_dir: Path, rows) -> None:
-    """One JSON line per row (each row a method's typed row, with ``to_json``)."""
-    text = "".join(json.dumps(row.to_json()) + "\n" for row in rows)
+    """One JSON line per row (each row a method's typed row, with ``to_json``); strict JSON:
+    a NaN or infinity is an error (the methods refuse non-finite scores before this)."""
+    text = "".join(json.dumps(row.to_json(), allow_nan=False) + "\n" for row in rows)
     _write_atomic(Path(out_dir) / PREDICTIONS_FILE, text)
+
+
+def finite_or_none(value):
+    """The value with every NaN or infinite float (an undefined mean) as None: strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
 
 
 def write_metrics(out_dir: Path, metrics: dict) -> None:
     """Written last: its presence means the cell finished."""
-    _write_atomic(Path(out_dir) / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+    text = json.dumps(finite_or_none(metrics), indent=2, allow_nan=False) + "\n"
+    _write_atomic(Path(out_dir) / METRICS_FILE, text)
+
+
+class UnreadableMetrics(ValueError):
+    """A metrics.json that is not a JSON object (a truncated or corrupted file)."""
 
 
 def read_metrics(out_dir: Path) -> dict | None:
+    """The metrics of a finished run in out_dir (None: none); UnreadableMetrics if corrupt."""
     path = Path(out_dir) / METRICS_FILE
     if not path.exists():
         return None
-    return json.loads(path.read_text())
+    try:
+        metrics = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UnreadableMetrics(f"{path} is not valid JSON ({err})") from err
+    if not isinstance(metrics, dict):
+        raise UnreadableMetrics(f"{path} holds no JSON object")
+    return metrics
 
 
 def finished_cell(out_dir: Path, identity: CellIdentity) -> dict | None:
     """The metrics of a finished run of the same cell in out_dir, if there is one."""
-    metrics = read_metrics(out_dir)
+    try:
+        metrics = read_metrics(out_dir)
+    except UnreadableMetrics:
+        return None
     if metrics is None:
         return None
     return metrics if identity.matches(metrics) else None
+
+
+@dataclass(frozen=True)
+class FolderState:
+    """What a run folder holds before a cell runs into it."""
+
+    finished: dict | None = None  # the metrics of a finished run of this very cell
+    other: dict | None = None  # the metrics of a finished run of another cell
+    warnings: tuple[str, ...] = ()
+
+
+def folder_state(out_dir: Path, identity: CellIdentity) -> FolderState:
+    """Whether out_dir holds this cell finished, another cell, or nothing usable (a corrupt
+    metrics.json counts as unfinished, with a warning)."""
+    try:
+        metrics = read_metrics(out_dir)
+    except UnreadableMetrics as err:
+        return FolderState(warnings=(f"{err}: the cell did not finish there and is run again",))
+    if metrics is None:
+        return FolderState()
+    if identity.matches(metrics):
+        return FolderState(finished=metrics)
+    return FolderState(other=metrics)
+
+
+def other_cell_error(out_dir: Path, identity: CellIdentity, stored: dict) -> ICLError:
+    """The refusal to run a cell into a folder that holds another cell's results."""
+    differ = [
+        f"{key}: {stored.get(key, LATER_KEYS.get(key))!r} there, {value!r} here"
+        for key, value in identity.to_dict().items()
+        if stored.get(key, LATER_KEYS.get(key)) != value
+    ]
+    return ICLError(
+        f"{out_dir} holds the results of another cell ({'; '.join(differ)}); choose another "
+        f"output folder (hydra.run.dir=...), or overwrite=true to replace them"
+    )
+
+
+@contextlib.contextmanager
+def cell_lock(out_dir: Path):
+    """Hold the run folder's lock while a cell is checked, run and written, so two processes
+    on one sweep never compute the same cell twice. An flock dies with its process: a killed
+    run never holds a folder."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(out_dir / LOCK_FILE, "a+")  # noqa: SIM115 (closed below)
+    except OSError as err:
+        raise ICLError(
+            f"cannot use the output folder {out_dir} ({err.strerror or err}); make it writable "
+            f"or choose another hydra.run.dir"
+        ) from err
+    if fcntl is None:  # pragma: no cover
+        handle.close()
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            log.info("waiting for %s, which is running the cell in %s", holder, out_dir)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_run_files(out_dir: Path, config_text: str, rows, metrics: dict) -> None:
+    """The config, the predictions, then metrics.json (whose presence means finished). A
+    failed write (a full disk, a read-only folder) leaves none of them, and says why."""
+    out_dir = Path(out_dir)
+    written = [out_dir / CONFIG_FILE, out_dir / PREDICTIONS_FILE]
+    # temporary files of a run killed mid-write (the folder's lock is ours: none is live)
+    for name in (CONFIG_FILE, PREDICTIONS_FILE, METRICS_FILE):
+        for stale in out_dir.glob(f".{name}.*"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+    try:
+        # the folder reads as unfinished while its files change
+        (out_dir / METRICS_FILE).unlink(missing_ok=True)
+        _write_atomic(written[0], config_text)
+        write_predictions(out_dir, rows)
+        write_metrics(out_dir, metrics)
+    except OSError as err:
+        for path in written:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        raise ICLError(
+            f"could not write the run files to {out_dir} ({err.strerror or err}: "
+            f"{err.filename or out_dir}); nothing of this run was kept: free disk space or make "
+            f"the folder writable (or choose another hydra.run.dir), then run it again"
+        ) from err
 
 
 def read_config(out_dir: Path):
@@ -103,13 +242,36 @@ def _flatten(metrics: dict, run_dir: Path, root: Path) -> dict:
     return row
 
 
-def collect_runs(root: Path) -> pd.DataFrame:
-    """One row per finished run under root (every metrics.json below it)."""
+# what a run folder holds from its start (Hydra's .hydra, the lock) or a run that stopped
+RUN_MARKERS = (".hydra", LOCK_FILE, CONFIG_FILE, PREDICTIONS_FILE)
+
+
+def incomplete_runs(root: Path) -> list[str]:
+    """The run folders under root with no finished result: unfinished (no metrics.json) or
+    unreadable (a corrupt one); each line says which and how to finish it."""
     root = Path(root)
-    rows = [
-        _flatten(json.loads(path.read_text()), path.parent, root)
-        for path in sorted(root.rglob(METRICS_FILE))
-    ]
+    found = []
+    folders = {p.parent for marker in RUN_MARKERS for p in root.rglob(marker)}
+    for folder in sorted(folders | {p.parent for p in root.rglob(METRICS_FILE)}):
+        try:
+            if read_metrics(folder) is None:
+                found.append(f"{folder}: unfinished (no {METRICS_FILE}); rerun its sweep")
+        except UnreadableMetrics as err:
+            found.append(f"{folder}: unreadable ({err}); rerun its sweep to redo it")
+    return found
+
+
+def collect_runs(root: Path) -> pd.DataFrame:
+    """One row per finished run under root (every readable metrics.json below it; the others
+    are listed by ``incomplete_runs``)."""
+    root = Path(root)
+    rows = []
+    for path in sorted(root.rglob(METRICS_FILE)):
+        try:
+            metrics = read_metrics(path.parent)
+        except UnreadableMetrics:
+            continue
+        rows.append(_flatten(metrics, path.parent, root))
     if not rows:
         raise FileNotFoundError(f"no {METRICS_FILE} under {root}: nothing has finished there yet")
     frame = pd.DataFrame(rows)

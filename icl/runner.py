@@ -1,7 +1,9 @@
 """One cell from start to end: skip it if it finished, plan it, run its method, write its files.
 
 Everything that can be wrong with the input is checked when the method plans the cell, before
-a model loads; the run files are written last, ``metrics.json`` after the rest.
+a model loads; the run files are written last, ``metrics.json`` after the rest. A folder that
+holds another cell's results is refused (``overwrite=true`` replaces them), and the folder's
+lock keeps a second process from computing the same cell at the same time.
 """
 
 from __future__ import annotations
@@ -29,17 +31,30 @@ def run_cell(cfg: RunConfig, load_model=None) -> dict:
     out_dir = Path(cfg.out_dir or ".")
     method = get_method(cfg.method.name)
     cell = method.identity(cfg)
-    done = None if cfg.overwrite else results.finished_cell(out_dir, cell)
-    if done is not None:
+    with results.cell_lock(out_dir):
+        return _run_locked(cfg, method, cell, out_dir, load_model)
+
+
+def _run_locked(cfg: RunConfig, method, cell, out_dir: Path, load_model) -> dict:
+    state = results.folder_state(out_dir, cell)
+    if state.finished is not None and not cfg.overwrite:
         log.info("skipping finished cell %s (overwrite=true reruns it)", out_dir)
-        return done
+        return state.finished
+    if state.other is not None and not cfg.overwrite:
+        raise results.other_cell_error(out_dir, cell, state.other)
     started = time.perf_counter()
     plan = method.plan(cfg, cell)
     models = PROCESS_MODELS if load_model is None else ModelStore(load_model)
     output = method.run(plan, models)
-    metrics = {**cell.to_dict(), **output.metrics, "wall_s": time.perf_counter() - started}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.structured(cfg), out_dir / results.CONFIG_FILE, resolve=True)
-    results.write_predictions(out_dir, output.rows)
-    results.write_metrics(out_dir, metrics)
+    warnings = [*state.warnings, *getattr(plan, "warnings", ())]
+    for warning in warnings:
+        log.warning("%s: %s", out_dir, warning)
+    metrics = {
+        **cell.to_dict(),
+        **output.metrics,
+        "warnings": warnings,
+        "wall_s": time.perf_counter() - started,
+    }
+    config_text = OmegaConf.to_yaml(OmegaConf.structured(cfg), resolve=True)
+    results.write_run_files(out_dir, config_text, output.rows, metrics)
     return metrics

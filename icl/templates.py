@@ -9,9 +9,36 @@ from dataclasses import dataclass
 from icl.errors import ICLError, unknown_name
 
 
+def parsed_input(template) -> list[tuple]:
+    """``template.input`` cut by ``string.Formatter``, with a message for unbalanced braces."""
+    try:
+        return list(string.Formatter().parse(template.input))
+    except ValueError as err:
+        raise ICLError(
+            f"template input {template.input!r} cannot be parsed ({err}); a literal brace is "
+            f"written doubled: {{{{ or }}}}"
+        ) from err
+
+
 def template_fields(template) -> set[str]:
     """The field names a template's input format refers to."""
-    return {name for _, name, _, _ in string.Formatter().parse(template.input) if name}
+    return {name for _, name, _, _ in parsed_input(template) if name}
+
+
+def check_fields(name: str, template) -> None:
+    """Fields are plain names: a format spec ({text:>99999999} pads to any width), a
+    conversion, an index, an attribute or a positional field is refused."""
+    for _, field, spec, conversion in parsed_input(template):
+        if field is None:
+            continue
+        if not field.isidentifier() or spec or conversion:
+            shown = "{" + field + (f"!{conversion}" if conversion else "")
+            shown += (f":{spec}" if spec else "") + "}"
+            raise ICLError(
+                f"template {name!r} has the field {shown}; fields are plain names of text "
+                f"fields, like {{text}} (no format spec, conversion, index or position): "
+                f"fix the template's input"
+            )
 
 
 def select_template(task, name: str | None):
@@ -24,6 +51,7 @@ def select_template(task, name: str | None):
 
 def check_template(task, name: str, template) -> None:
     """Fail before any model work when a template cannot render this task."""
+    check_fields(name, template)
     missing = template_fields(template) - set(task.text_fields)
     if missing:
         raise ICLError(
@@ -31,6 +59,13 @@ def check_template(task, name: str, template) -> None:
             f"not load (task.text_fields = {list(task.text_fields)}); fix the template's input"
         )
     words = list(template.label_words)
+    not_text = [w for w in words if not isinstance(w, str)]
+    if not_text:
+        raise ICLError(
+            f"label words of template {name!r} must be strings, but {not_text} are not: YAML "
+            f"reads unquoted yes/no/on/off/true/false as booleans and digits as numbers; "
+            f'quote them (label_words: ["no", "yes"])'
+        )
     if len(words) != len(task.label_names):
         raise ICLError(
             f"template {name!r} has {len(words)} label words for {len(task.label_names)} classes "

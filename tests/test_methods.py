@@ -101,14 +101,16 @@ def test_a_scoring_method_needs_a_model_and_a_task(tmp_path):
 
 def test_a_cell_of_another_method_in_the_folder_is_not_taken_as_finished(tmp_path, estimate):
     run_cell(run_config(*SMALL, out_dir=tmp_path), load_model=CountingLoader())
-    cfg = run_config(
-        "model=none", "task=none", "method.name=estimate", "demos.k=1", out_dir=tmp_path
-    )
-    metrics = run_cell(cfg)  # the same k and seed, but another method: run, not skipped
+    other = ("model=none", "task=none", "method.name=estimate", "demos.k=1")
+    # the same k and seed, but another method: not skipped as finished, but refused
+    with pytest.raises(ICLError, match="method: 'score' there, 'estimate' here"):
+        run_cell(run_config(*other, out_dir=tmp_path))
+    metrics = run_cell(run_config(*other, "overwrite=true", out_dir=tmp_path))
     assert metrics["method"] == "estimate" and "accuracy" not in metrics
     # and back: the scoring cell is rerun, not mistaken for the estimate cell now there
     loader = CountingLoader()
-    assert run_cell(run_config(*SMALL, out_dir=tmp_path), load_model=loader)["method"] == "score"
+    cfg = run_config(*SMALL, "overwrite=true", out_dir=tmp_path)
+    assert run_cell(cfg, load_model=loader)["method"] == "score"
     assert loader.calls == 1
 
 

@@ -141,10 +141,17 @@ def test_invalid_batch_size_fails_before_the_model(tmp_path, value):
         run_cell(cfg, load_model=fail_if_loaded)
 
 
-def test_a_different_cell_in_the_same_folder_is_not_skipped(tmp_path):
+def test_a_different_cell_in_the_same_folder_is_refused_then_not_skipped_with_overwrite(tmp_path):
     loader = CountingLoader()
-    run_cell(run_config(*SMALL, out_dir=tmp_path), load_model=loader)
-    other = run_cell(run_config(*SMALL, "demos.k=1", out_dir=tmp_path), load_model=loader)
+    first = run_cell(run_config(*SMALL, out_dir=tmp_path), load_model=loader)
+    kept = (tmp_path / results.PREDICTIONS_FILE).read_bytes()
+    with pytest.raises(ICLError, match=r"another cell \(k: 2 there, 1 here\).*overwrite=true"):
+        run_cell(run_config(*SMALL, "demos.k=1", out_dir=tmp_path), load_model=fail_if_loaded)
+    assert (tmp_path / results.PREDICTIONS_FILE).read_bytes() == kept  # the first cell's files
+    assert results.read_metrics(tmp_path) == json.loads(json.dumps(first))
+    other = run_cell(
+        run_config(*SMALL, "demos.k=1", "overwrite=true", out_dir=tmp_path), load_model=loader
+    )
     assert loader.calls == 2
     assert other["k"] == 1 == json.loads((tmp_path / results.METRICS_FILE).read_text())["k"]
 

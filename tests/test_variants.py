@@ -198,8 +198,12 @@ def test_label_words_override_is_scored_and_names_the_cell(tmp_path):
     metrics = run_cell(cfg, load_model=CountingLoader())
     assert metrics["label_words"] == "dog/cat"
     assert metrics["option_words"] == {"negative": "dog", "positive": "cat"}
-    again = run_config(*SMALL, "demos.k=2", "label_words=[cat,dog]", out_dir=tmp_path)
-    assert run_cell(again, load_model=CountingLoader())["label_words"] == "cat/dog"
+    again = ("demos.k=2", "label_words=[cat,dog]")
+    # another cell in the same folder: refused, then run with overwrite=true
+    with pytest.raises(ICLError, match="label_words: 'dog/cat' there, 'cat/dog' here"):
+        run_cell(run_config(*SMALL, *again, out_dir=tmp_path), load_model=fail_if_loaded)
+    cfg = run_config(*SMALL, *again, "overwrite=true", out_dir=tmp_path)
+    assert run_cell(cfg, load_model=CountingLoader())["label_words"] == "cat/dog"
 
 
 def test_label_words_override_must_give_one_word_per_class(tmp_path):

@@ -8,16 +8,24 @@ runs the scoring and the rules' extra passes, and turns the scores into rows and
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
 
 from icl import templates
+from icl.errors import ICLError
 from icl.lm import Scorer
 from icl.methods import CellOutput, Method, register
 from icl.metrics import accuracy, classification_metrics
 from icl.plan import CellPlan, cell_identity, plan_cell, require
-from icl.prompts import build_prompt, option_tokens, prompt_perplexity, prompt_request
+from icl.prompts import (
+    build_prompt,
+    check_option_prefixes,
+    option_tokens,
+    prompt_perplexity,
+    prompt_request,
+)
 from icl.rows import PredictionRow
 from icl.rule_passes import mean_p_cf, rule_inputs, rule_metrics, rule_predictions, set_rule_fields
 from icl.scoring import option_scores
@@ -30,6 +38,8 @@ SUMMARY_METRICS = (
     "zero_shot_perplexity",
     "kshot_perplexity",
     "accuracy_vs_permuted",
+    "majority_baseline",
+    "majority_baseline_macro_f1",
 )
 
 
@@ -44,6 +54,7 @@ def run(plan: CellPlan, models) -> CellOutput:
     scorer = scorer_for(plan, models)
     lm = scorer.lm
     options = option_tokens(lm, plan.template)
+    check_option_prefixes(lm, plan.template.label_words, options, plan.scoring.rules)
     prompts = [
         build_prompt(lm, plan.template, demos.pairs, ex.fields, options, f"example {ex.id}")
         for demos, ex in zip(plan.demos, plan.test)
@@ -61,6 +72,7 @@ def run(plan: CellPlan, models) -> CellOutput:
     else:
         zero_ppl = zero_shot_perplexities(scorer, plan)
     rows = prediction_rows(plan, prompts, scored, zero_ppl, inputs)
+    check_finite(rows, lm.name)
     metrics = cell_metrics(plan, rows)
     metrics.update(
         device=str(lm.device),
@@ -68,6 +80,30 @@ def run(plan: CellPlan, models) -> CellOutput:
         examples_per_s=len(rows) / scoring_s if scoring_s else None,
     )
     return CellOutput(rows, metrics)
+
+
+def non_finite(value) -> bool:
+    """Whether a row value holds a NaN or an infinity anywhere."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(non_finite(v) for v in value)
+    return False
+
+
+def check_finite(rows: list[PredictionRow], model_name: str) -> None:
+    """NaN or infinite scores are an error, never a prediction (argmax would take class 0)."""
+    for row in rows:
+        bad = [key for key, value in row.to_json().items() if non_finite(value)]
+        if bad:
+            raise ICLError(
+                f"model {model_name} gave non-finite scores (NaN or infinity) for example "
+                f"{row.example_id} ({', '.join(bad)}); nothing was written. Its weights may be "
+                f"damaged (a cached model is checked when loaded: delete its cache folder to "
+                f"rebuild it) or overflow in model.dtype (try model.dtype=float32)"
+            )
 
 
 def zero_shot_perplexities(scorer: Scorer, plan: CellPlan) -> list[float]:

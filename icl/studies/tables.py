@@ -272,7 +272,8 @@ def curve_table(seeds: pd.DataFrame, metric: str = "accuracy") -> str:
     columns = frame["labels"].astype(object).fillna(metric) if "labels" in frame else metric
     frame = frame.assign(labels=columns)
     table = frame.pivot_table(index=index, columns="labels", values="cell", aggfunc="first")
-    return table.to_string()
+    # a combination with no finished run (icl-collect lists the unfinished cells below)
+    return table.fillna("not finished").to_string()
 
 
 def rule_table(rule_seeds: pd.DataFrame) -> pd.DataFrame:
