@@ -56,8 +56,10 @@ def test_a_generation_cell_writes_its_answers_and_both_accuracies(tmp_path):
 
 def test_a_scoring_cell_in_the_folder_is_not_taken_for_a_generation_cell(tmp_path):
     run_cell(run_config(*SMALL[:-1], out_dir=tmp_path), load_model=CountingLoader())
+    with pytest.raises(ICLError, match="method: 'score' there, 'generate' here"):
+        run_cell(run_config(*SMALL, out_dir=tmp_path), load_model=fail_if_loaded)
     loader = CountingLoader()
-    metrics, _ = generate_cell(tmp_path, loader=loader)
+    metrics, _ = generate_cell(tmp_path, "overwrite=true", loader=loader)
     assert metrics["method"] == "generate" and loader.calls == 1
     assert run_cell(run_config(*SMALL, out_dir=tmp_path), load_model=fail_if_loaded) == metrics
 
