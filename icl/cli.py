@@ -203,7 +203,7 @@ def collect(argv: list[str] | None = None) -> None:
 
 def report_incomplete(root: Path) -> None:
     """List the cells under root that the tables leave out (unfinished or unreadable)."""
-    from icl.results import incomplete_runs
+    from icl.collect import incomplete_runs
 
     missing = incomplete_runs(root)
     if missing:

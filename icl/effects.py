@@ -3,7 +3,7 @@
 Two cells match when every identity value but the compared one is the same and they score
 the same test examples; their difference is paired seed by seed and example by example
 (``icl.stats``). Pure functions of the collected runs and examples tables
-(``icl.results.collect_runs``, ``collect_examples``).
+(``icl.collect.collect_runs``, ``collect_examples``).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 
 from icl import stats
+from icl.collect import SCORED_RULE, rule_runs
 from icl.demos import CHART_ORDER
 from icl.errors import ICLError, unknown_name
 from icl.identity import SEED_FIELD, VERSION_FIELDS, group_columns
-from icl.results import SCORED_RULE, rule_runs
 from icl.scoring import SCORING_RULES
 
 # demonstration columns: they change nothing at k=0, where no demonstration is shown

@@ -37,7 +37,7 @@ def plot_accuracy_vs_k(
     runs: pd.DataFrame, out: Path, metric: str = "accuracy", by: str = "labels", bands=None
 ) -> Path:
     """One panel per (task, model, template); a line per value of ``by`` (the label setting,
-    or ``scored_rule`` in the long form ``results.rule_runs``), and a band: the 95% interval
+    or ``scored_rule`` in the long form ``collect.rule_runs``), and a band: the 95% interval
     in ``bands`` (``icl.effects.cell_intervals`` per panel key, ``by`` and k), else ±1 std."""
     keys = [k for k in PANEL_KEYS if k in runs and runs[k].notna().any()]
     # runs without a task or label setting (a synthetic study): one panel, one line
@@ -66,23 +66,7 @@ def plot_accuracy_vs_k(
             ax.fill_between(
                 stats["k"], low, high, alpha=0.2 if by == "labels" else 0.1, color=colour
             )
-        baseline = BASELINES.get(metric)
-        if baseline in frame and frame[baseline].notna().any():
-            ax.axhline(
-                frame[baseline].mean(),
-                color="grey",
-                ls=":",
-                lw=1,
-                label="majority class",
-            )
-        ks = sorted(frame["k"].unique())
-        ax.set_xscale("symlog", linthresh=1)
-        ax.set_xticks(ks, [str(k) for k in ks])
-        ax.set_xlabel("demonstrations k")
-        ax.set_ylabel(metric.replace("_", " "))
-        ax.set_title(" / ".join(str(p) for p in _tuple(panel)), fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _finish_curve_panel(ax, frame, metric, panel)
     n_seeds = runs["seed"].nunique() if "seed" in runs else 1
     band = "95% CI" if bands is not None else "± std"
     fig.suptitle(
@@ -94,6 +78,21 @@ def plot_accuracy_vs_k(
     fig.savefig(out, dpi=130)
     plt.close(fig)
     return out
+
+
+def _finish_curve_panel(ax, frame: pd.DataFrame, metric: str, panel) -> None:
+    """The majority-class line (of the metric's own baseline), k ticks, labels and legend."""
+    baseline = BASELINES.get(metric)
+    if baseline in frame and frame[baseline].notna().any():
+        ax.axhline(frame[baseline].mean(), color="grey", ls=":", lw=1, label="majority class")
+    ks = sorted(frame["k"].unique())
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("demonstrations k")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title(" / ".join(str(p) for p in _tuple(panel)), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def _tuple(panel) -> tuple:

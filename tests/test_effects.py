@@ -12,8 +12,8 @@ from helpers import compose_config
 
 import icl.cli
 from icl import effects
+from icl.collect import collect_examples, collect_runs
 from icl.errors import ICLError
-from icl.results import collect_examples, collect_runs
 from icl.studies import reports, tables
 
 CLASSES = ["negative", "positive"]

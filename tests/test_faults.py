@@ -23,9 +23,9 @@ from helpers import ROOT, CountingLoader, fail_if_loaded, run_config
 import icl.cli
 import icl.methods
 import icl.runner
-from icl import results
+from icl import collect, results
 from icl.errors import ICLError
-from icl.lm import loading
+from icl.lm import model_cache
 from icl.runner import run_cell
 
 SMALL = ("task=sst2", "model=tiny-llama", "eval.n_test=4", "demos.k=2")
@@ -103,11 +103,11 @@ def test_a_truncated_metrics_file_is_listed_then_rerun_with_a_warning(tmp_path, 
     metrics_path = tmp_path / "reference" / results.METRICS_FILE
     metrics_path.write_text(metrics_path.read_text()[:100])
     (tmp_path / "unfinished" / ".hydra").mkdir(parents=True)  # a cell that never finished
-    listed = results.incomplete_runs(tmp_path)
+    listed = collect.incomplete_runs(tmp_path)
     assert any("reference: unreadable" in line for line in listed)
     assert any("unfinished: unfinished (no metrics.json)" in line for line in listed)
     with pytest.raises(FileNotFoundError):  # no readable run: nothing to tabulate
-        results.collect_runs(tmp_path)
+        collect.collect_runs(tmp_path)
     metrics = run_cell(run_config(*SMALL, out_dir=tmp_path / "reference"), CountingLoader())
     assert len(metrics["warnings"]) == 1 and "is not valid JSON" in metrics["warnings"][0]
     assert (tmp_path / "reference" / results.PREDICTIONS_FILE).read_bytes() == expected
@@ -185,17 +185,17 @@ class CountingSave:
 
 def test_an_untouched_cache_is_verified_without_reading_its_weights(tmp_path, monkeypatch):
     save, target = CountingSave(), tmp_path / "models" / "m"
-    loading.ensure_cache(target, save)
+    model_cache.ensure_cache(target, save)
     hashed = []
-    monkeypatch.setattr(loading, "sha256_of", lambda path: hashed.append(path) or "")
-    loading.ensure_cache(target, save)
+    monkeypatch.setattr(model_cache, "sha256_of", lambda path: hashed.append(path) or "")
+    model_cache.ensure_cache(target, save)
     assert save.calls == 1 and hashed == []
 
 
 @pytest.mark.parametrize("damage", ["overwrite", "truncate", "delete"])
 def test_a_damaged_cache_is_rebuilt_with_a_message(tmp_path, damage, capsys):
     save, target = CountingSave(), tmp_path / "models" / "m"
-    loading.ensure_cache(target, save)
+    model_cache.ensure_cache(target, save)
     weights = target / "model.safetensors"
     built = weights.read_bytes()
     if damage == "overwrite":  # the same size, other bytes (NaN scores, once loaded)
@@ -206,7 +206,7 @@ def test_a_damaged_cache_is_rebuilt_with_a_message(tmp_path, damage, capsys):
         weights.write_bytes(built[:1000])
     else:
         weights.unlink()
-    loading.ensure_cache(target, save)
+    model_cache.ensure_cache(target, save)
     assert save.calls == 2 and weights.read_bytes() == built
     assert f"model cache {target}" in capsys.readouterr().err
     assert [p.name for p in target.parent.iterdir()] == ["m"]  # the bad copy is gone
@@ -214,14 +214,14 @@ def test_a_damaged_cache_is_rebuilt_with_a_message(tmp_path, damage, capsys):
 
 def test_a_cache_from_before_manifests_is_adopted_only_when_whole(tmp_path):
     save, target = CountingSave(), tmp_path / "models" / "m"
-    loading.ensure_cache(target, save)
-    (target / loading.MANIFEST).unlink()
-    loading.ensure_cache(target, save)  # whole: adopted, a manifest written
-    assert save.calls == 1 and (target / loading.MANIFEST).exists()
-    (target / loading.MANIFEST).unlink()
+    model_cache.ensure_cache(target, save)
+    (target / model_cache.MANIFEST).unlink()
+    model_cache.ensure_cache(target, save)  # whole: adopted, a manifest written
+    assert save.calls == 1 and (target / model_cache.MANIFEST).exists()
+    (target / model_cache.MANIFEST).unlink()
     weights = target / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
-    loading.ensure_cache(target, save)
+    model_cache.ensure_cache(target, save)
     assert save.calls == 2
 
 
@@ -231,11 +231,11 @@ def test_a_build_killed_midway_leaves_a_staging_folder_that_the_next_build_remov
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from icl.lm import loading\n"
+            "import sys, time; from pathlib import Path; from icl.lm import model_cache\n"
             "def save(staging):\n"
             "    (staging / 'config.json').write_text('{}'); print('saving', flush=True)\n"
             "    time.sleep(600)\n"
-            "loading.ensure_cache(Path(sys.argv[1]), save)",
+            "model_cache.ensure_cache(Path(sys.argv[1]), save)",
             str(target),
         ],
         stdout=subprocess.PIPE,
@@ -247,7 +247,7 @@ def test_a_build_killed_midway_leaves_a_staging_folder_that_the_next_build_remov
     builder.wait()
     (left,) = target.parent.iterdir()
     assert left.name.startswith(".m-build-") and (left / "config.json").exists()
-    loading.ensure_cache(target, tiny_save)
+    model_cache.ensure_cache(target, tiny_save)
     assert [p.name for p in target.parent.iterdir()] == ["m"]
 
 

@@ -13,7 +13,7 @@ import torch
 from helpers import CountingLoader, fail_if_loaded, run_config, tiny_lm
 from test_cli import ok, run_script
 
-from icl import results, templates
+from icl import collect, results, templates
 from icl.errors import ICLError
 from icl.methods.rescore import rescore_cell
 from icl.plan import plan_cell
@@ -319,7 +319,7 @@ def test_collected_rules_give_a_table_per_rule_and_a_figure(tmp_path):
     assert {"calibrated_accuracy_mean", "p_cf_positive_mean"} <= set(seeds.columns)
     by_rule = pd.read_csv(tmp_path / "summary_rules.csv")
     assert len(by_rule) == 2 * 4  # (k) x (rule)
-    long = results.rule_runs(runs)
+    long = collect.rule_runs(runs)
     for _, row in long.iterrows():
         run = runs[runs["run_dir"] == row["run_dir"]].iloc[0]
         assert row["accuracy"] == run[f"{row['scored_rule']}_accuracy"]

@@ -11,17 +11,17 @@ from pathlib import Path
 import pandas as pd
 
 from icl import effects, plots
-from icl.demos import ABLATION_SETTINGS, NO_DEMOS
-from icl.errors import ICLError, unknown_name
-from icl.methods import summary_metrics
-from icl.results import (
-    _write_atomic,
+from icl.collect import (
     collect_examples,
     collect_runs,
     rule_runs,
     summarise_seeds,
     write_summary,
 )
+from icl.demos import ABLATION_SETTINGS, NO_DEMOS
+from icl.errors import ICLError, unknown_name
+from icl.methods import summary_metrics
+from icl.results import write_text_atomic
 from icl.studies import tables as tables_
 
 METRIC_NAMES = {"accuracy": "accuracy (%)", "macro_f1": "macro-F1 (%)"}
@@ -90,9 +90,9 @@ def write_effects(root: Path, runs: pd.DataFrame, columns: list[str] | None = No
     identity column that varies, by default); return the Markdown."""
     root = Path(root)
     table = effects.effects_table(runs, collect_examples(root, runs), columns)
-    _write_atomic(root / "effects.csv", table.to_csv(index=False))
+    write_text_atomic(root / "effects.csv", table.to_csv(index=False))
     text = effects_markdown(table)
-    _write_atomic(root / "effects.md", text + "\n")
+    write_text_atomic(root / "effects.md", text + "\n")
     return text
 
 

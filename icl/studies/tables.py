@@ -42,7 +42,7 @@ def with_intervals(table, runs, examples, keys: list[str], metric: str) -> pd.Da
 
 def settings_table(runs: pd.DataFrame, metric: str = "macro_f1", examples=None) -> pd.DataFrame:
     """Mean, std and seed count of a metric per (task, setting): the Min et al. bar charts;
-    with per-example outcomes (``results.collect_examples``), their 95% intervals too."""
+    with per-example outcomes (``collect.collect_examples``), their 95% intervals too."""
     frame = runs.assign(setting=runs.apply(setting_name, axis=1))
     rows = []
     for (task, setting), group in frame.groupby(["task", "setting"]):
