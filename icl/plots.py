@@ -248,15 +248,7 @@ def plot_shots_curve(shots: pd.DataFrame, ascent: pd.DataFrame, out: Path, ylabe
         zero = frame.loc[frame["k"] == 0, "mean"]
         if len(zero):
             ax.axhline(zero.iloc[0] * 100, ls=":", lw=1, color="grey", label="k=0")
-        ks = sorted(frame["k"].unique())
-        ax.set_xscale("symlog", linthresh=1, linscale=0.4)
-        ax.set_xticks(ks, [str(k) for k in ks], fontsize=7)
-        ax.set_ylim(0, 100)
-        ax.set_xlabel("demonstrations k")
-        ax.set_ylabel(ylabel)
-        ax.set_title(task, fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        _percent_against_k(ax, sorted(frame["k"].unique()), ylabel, task, legend_size=7)
     tested = "early_ascent_tested" in ascent
     fig.suptitle(
         "accuracy against k, 95% intervals over seeds and test examples (▼ early-ascent dip, "
@@ -266,6 +258,18 @@ def plot_shots_curve(shots: pd.DataFrame, ascent: pd.DataFrame, out: Path, ylabe
         fontsize=10,
     )
     return _save(fig, out)
+
+
+def _percent_against_k(ax, ks, ylabel: str, title: str, legend_size: int) -> None:
+    """A 0-100% panel against k on a symlog axis with every k ticked."""
+    ax.set_xscale("symlog", linthresh=1, linscale=0.4)
+    ax.set_xticks(ks, [str(k) for k in ks], fontsize=7)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("demonstrations k")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size, loc="lower right")
 
 
 DECODER_PANELS = (
@@ -288,14 +292,6 @@ def plot_decoding(table: pd.DataFrame, out: Path) -> Path:
             if metric == "accuracy":
                 scoring = frame.groupby("k")["scoring_accuracy_mean"].mean()
                 ax.plot(scoring.index, scoring * 100, ls="--", color="grey", label="scoring")
-            ks = sorted(frame["k"].unique())
-            ax.set_xscale("symlog", linthresh=1, linscale=0.4)
-            ax.set_xticks(ks, [str(k) for k in ks], fontsize=7)
-            ax.set_ylim(0, 100)
-            ax.set_xlabel("demonstrations k")
-            ax.set_ylabel(ylabel)
-            ax.set_title(task, fontsize=10)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=6, loc="lower right")
+            _percent_against_k(ax, sorted(frame["k"].unique()), ylabel, task, legend_size=6)
     fig.suptitle("free generation: valid answers and accuracy against k, by decoder", fontsize=10)
     return _save(fig, out)
