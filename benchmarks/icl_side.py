@@ -26,6 +26,7 @@ __all__ = [
     "ScoreRequest",
     "compiled_manual_attention",
     "default_data_dir",
+    "greedy_answers",
     "icl_prompts",
     "load_language_model",
     "manual_attention",
@@ -124,3 +125,29 @@ def shared_prefix_call(module, q, k, v, pk, pv, length: int, **kwargs):
         return module.shared_prefix_attention(_LAYER0, q, k, v, **kwargs)
     finally:
         module._ACTIVE.reset(token)
+
+
+def greedy_answers(lm, requests, max_new: int) -> list[str]:
+    """Greedy answers (decoded text) of icl's generate path: each prefix encoded once, each
+    example decoded over its cache until a newline or ``max_new`` tokens."""
+    import torch
+
+    from icl.lm.decoding import Stream, generate
+    from icl.lm.forward import encode_prefix
+    from icl.lm.sampling import Sampler
+
+    def stop(tokens):
+        return "\n" in lm.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    encoded: dict = {}
+    answers = []
+    for request in requests:
+        if request.prefix not in encoded:
+            encoded[request.prefix] = encode_prefix(lm.model, request.prefix, (), lm.device, False)
+        prefix = encoded[request.prefix]
+        stream = Stream(lm.model, lm.device, prefix.cache, prefix.length)
+        out = generate(
+            stream, list(request.query), Sampler("greedy"), max_new, stop, torch.Generator()
+        )
+        answers.append(lm.tokenizer.decode(out.tokens, skip_special_tokens=True))
+    return answers
