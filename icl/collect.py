@@ -51,7 +51,8 @@ def _flatten(metrics: dict, run_dir: Path, root: Path) -> dict:
 
 
 # what a run folder holds from its start (Hydra's .hydra, the lock) or a run that stopped
-RUN_MARKERS = (".hydra", LOCK_FILE, CONFIG_FILE, PREDICTIONS_FILE)
+HYDRA_DIR = ".hydra"
+RUN_MARKERS = (HYDRA_DIR, LOCK_FILE, CONFIG_FILE, PREDICTIONS_FILE)
 
 
 def incomplete_runs(root: Path) -> list[str]:
@@ -60,7 +61,10 @@ def incomplete_runs(root: Path) -> list[str]:
     root = Path(root)
     found = []
     folders = {p.parent for marker in RUN_MARKERS for p in root.rglob(marker)}
-    for folder in sorted(folders | {p.parent for p in root.rglob(METRICS_FILE)}):
+    folders |= {p.parent for p in root.rglob(METRICS_FILE)}
+    # Hydra's own .hydra/config.yaml marks the run folder above it, not a run of its own
+    folders = {f for f in folders if HYDRA_DIR not in f.relative_to(root).parts}
+    for folder in sorted(folders):
         try:
             if read_metrics(folder) is None:
                 found.append(f"{folder}: unfinished (no {METRICS_FILE}); rerun its sweep")

@@ -98,6 +98,18 @@ def test_a_read_only_folder_ends_with_a_message_and_the_next_run_recovers(tmp_pa
     assert (out / results.PREDICTIONS_FILE).read_bytes() == expected
 
 
+def test_a_finished_cell_with_hydras_own_files_is_not_listed_as_unfinished(tmp_path):
+    """Hydra writes .hydra/config.yaml into every run folder: that is no run of its own."""
+    run_cell(run_config(*SMALL, out_dir=tmp_path / "cell"), load_model=CountingLoader())
+    (tmp_path / "cell" / ".hydra").mkdir()
+    (tmp_path / "cell" / ".hydra" / results.CONFIG_FILE).write_text("x: 1\n")
+    assert collect.incomplete_runs(tmp_path) == []
+    (tmp_path / "stopped" / ".hydra").mkdir(parents=True)
+    (tmp_path / "stopped" / ".hydra" / results.CONFIG_FILE).write_text("x: 1\n")
+    (listed,) = collect.incomplete_runs(tmp_path)
+    assert listed.startswith(f"{tmp_path / 'stopped'}: unfinished")
+
+
 def test_a_truncated_metrics_file_is_listed_then_rerun_with_a_warning(tmp_path, capsys):
     expected = reference(tmp_path)
     metrics_path = tmp_path / "reference" / results.METRICS_FILE
