@@ -153,19 +153,22 @@ def test_a_cell_held_by_another_process_is_waited_for_then_skipped(tmp_path):
     assert results.read_metrics(out)["seed"] == other["metrics"]["seed"]
 
 
-def test_a_killed_process_does_not_hold_its_cell(tmp_path):
-    out = tmp_path / "cell"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from icl import results\n"
-            "with results.cell_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)",
-            str(out),
-        ],
+def start_python(code: str, path: Path) -> subprocess.Popen:
+    """This checkout's icl in a child Python running ``code`` on ``path``; its output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(path)],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def test_a_killed_process_does_not_hold_its_cell(tmp_path):
+    out = tmp_path / "cell"
+    holder = start_python(
+        "import sys, time; from icl import results\n"
+        "with results.cell_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)",
+        out,
     )
     assert holder.stdout.readline().strip() == "held"
     holder.kill()
@@ -239,20 +242,13 @@ def test_a_cache_from_before_manifests_is_adopted_only_when_whole(tmp_path):
 
 def test_a_build_killed_midway_leaves_a_staging_folder_that_the_next_build_removes(tmp_path):
     target = tmp_path / "models" / "m"
-    builder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from pathlib import Path; from icl.lm import model_cache\n"
-            "def save(staging):\n"
-            "    (staging / 'config.json').write_text('{}'); print('saving', flush=True)\n"
-            "    time.sleep(600)\n"
-            "model_cache.ensure_cache(Path(sys.argv[1]), save)",
-            str(target),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    builder = start_python(
+        "import sys, time; from pathlib import Path; from icl.lm import model_cache\n"
+        "def save(staging):\n"
+        "    (staging / 'config.json').write_text('{}'); print('saving', flush=True)\n"
+        "    time.sleep(600)\n"
+        "model_cache.ensure_cache(Path(sys.argv[1]), save)",
+        target,
     )
     assert builder.stdout.readline().strip() == "saving"
     builder.send_signal(signal.SIGKILL)
