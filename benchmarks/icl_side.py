@@ -128,26 +128,11 @@ def shared_prefix_call(module, q, k, v, pk, pv, length: int, **kwargs):
 
 
 def greedy_answers(lm, requests, max_new: int) -> list[str]:
-    """Greedy answers (decoded text) of icl's generate path: each prefix encoded once, each
-    example decoded over its cache until a newline or ``max_new`` tokens."""
-    import torch
-
-    from icl.lm.decoding import Stream, generate
-    from icl.lm.forward import encode_prefix
+    """Greedy answers (decoded text) through method=generate's own decoding path: each prefix
+    encoded once, each example decoded over its cache until a newline or ``max_new`` tokens."""
     from icl.lm.sampling import Sampler
+    from icl.methods.generate import Decoder, Decoding, decode_all
 
-    def stop(tokens):
-        return "\n" in lm.tokenizer.decode(tokens, skip_special_tokens=True)
-
-    encoded: dict = {}
-    answers = []
-    for request in requests:
-        if request.prefix not in encoded:
-            encoded[request.prefix] = encode_prefix(lm.model, request.prefix, (), lm.device, False)
-        prefix = encoded[request.prefix]
-        stream = Stream(lm.model, lm.device, prefix.cache, prefix.length)
-        out = generate(
-            stream, list(request.query), Sampler("greedy"), max_new, stop, torch.Generator()
-        )
-        answers.append(lm.tokenizer.decode(out.tokens, skip_special_tokens=True))
-    return answers
+    decoder = Decoder(Decoding(Sampler("greedy"), max_new), "\n\n", lm)
+    answers = decode_all(decoder, requests)
+    return [lm.tokenizer.decode(a[0].tokens, skip_special_tokens=True) for a in answers]

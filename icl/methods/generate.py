@@ -42,19 +42,26 @@ SPECULATIVE = ("none", "draft", "prompt_lookup")
 
 
 @dataclass(frozen=True)
-class GeneratePlan:
-    """A scoring plan's prompts, plus how the answers are written."""
+class Decoding:
+    """How answers are written: the sampler, their length, how many, speculative or not."""
 
-    cell: CellPlan
     sampler: Sampler
     max_new_tokens: int
+    samples: int = 1
+    speculative: str = "none"
+    draft_tokens: int = 4
+    lookup_ngram: int = 3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GeneratePlan:
+    """A scoring plan's prompts, plus how the answers are written and mapped to classes."""
+
+    cell: CellPlan
+    decoding: Decoding
     match: str
-    samples: int
-    speculative: str
     draft: ModelConfig | None
-    draft_tokens: int
-    lookup_ngram: int
-    seed: int
 
 
 def check_decoding(decoding: DecodingConfig) -> Sampler:
@@ -101,17 +108,20 @@ def identity(cfg: RunConfig):
 def plan(cfg: RunConfig, cell=None) -> GeneratePlan:
     d = cfg.decoding
     sampler = check_decoding(d)
-    return GeneratePlan(
-        cell=plan_cell(cfg, NAME, cell),
+    decoding = Decoding(
         sampler=sampler,
         max_new_tokens=d.max_new_tokens,
-        match=d.match,
         samples=d.samples,
         speculative=d.speculative,
-        draft=d.draft if d.speculative == "draft" else None,
         draft_tokens=d.draft_tokens,
         lookup_ngram=d.lookup_ngram,
         seed=d.seed,
+    )
+    return GeneratePlan(
+        cell=plan_cell(cfg, NAME, cell),
+        decoding=decoding,
+        match=d.match,
+        draft=d.draft if d.speculative == "draft" else None,
     )
 
 
@@ -136,32 +146,32 @@ def answer_seed(seed: int, example: int, sample: int) -> torch.Generator:
 class Decoder:
     """Everything one answer's decoding needs besides its prompt."""
 
-    plan: GeneratePlan
+    decoding: Decoding
+    demo_sep: str  # an answer ends at a newline or this separator
     lm: object
-    draft: object | None
+    draft: object | None = None
 
     def stop(self, tokens: list[int]) -> bool:
         eos = self.lm.tokenizer.eos_token_id
         text = self.lm.tokenizer.decode(tokens, skip_special_tokens=True)
-        return tokens[-1] == eos or stops(text, self.plan.cell.template.demo_sep)
+        return tokens[-1] == eos or stops(text, self.demo_sep)
 
     def decode(self, request, encoded, draft_encoded, generator):
-        plan = self.plan
+        d = self.decoding
         target = Stream(self.lm.model, self.lm.device, encoded.cache, encoded.length)
-        if plan.speculative == "none":
+        if d.speculative == "none":
             return generate(
-                target, list(request.query), plan.sampler, plan.max_new_tokens, self.stop,
-                generator,
-            )  # fmt: skip
-        if plan.speculative == "prompt_lookup":
-            drafter = PromptLookupDrafter(plan.lookup_ngram)
+                target, list(request.query), d.sampler, d.max_new_tokens, self.stop, generator
+            )
+        if d.speculative == "prompt_lookup":
+            drafter = PromptLookupDrafter(d.lookup_ngram)
         else:
             cache, length = draft_encoded.cache, draft_encoded.length
             drafter = ModelDrafter(Stream(self.draft.model, self.draft.device, cache, length))
         committed = list(request.prefix) + list(request.query)
         return speculative_generate(
-            target, drafter, committed, plan.sampler, plan.max_new_tokens, self.stop, generator,
-            plan.draft_tokens,
+            target, drafter, committed, d.sampler, d.max_new_tokens, self.stop, generator,
+            d.draft_tokens,
         )  # fmt: skip
 
     def encode(self, prefix):
@@ -201,7 +211,7 @@ def run(plan: GeneratePlan, models) -> CellOutput:
         for demos, ex in zip(cell.demos, cell.test)
     ]
     scoring = scoring_predictions(scorer, cell, prompts, options)
-    decoder = Decoder(plan, lm, load_draft(plan, models, lm))
+    decoder = Decoder(plan.decoding, cell.template.demo_sep, lm, load_draft(plan, models, lm))
     started = time.perf_counter()
     decoded = decode_all(decoder, [p.request for p in prompts])
     generation_s = time.perf_counter() - started
@@ -210,13 +220,14 @@ def run(plan: GeneratePlan, models) -> CellOutput:
         for ex, demos, prompt, answers, s in zip(cell.test, cell.demos, prompts, decoded, scoring)
     ]
     metrics = generation_metrics(rows, cell.label_names, scoring)
-    metrics.update(speed_metrics(decoded, generation_s, len(rows), plan.speculative))
+    metrics.update(speed_metrics(decoded, generation_s, len(rows), plan.decoding.speculative))
     metrics["device"] = str(lm.device)
     return CellOutput(rows, metrics)
 
 
 def decode_all(decoder: Decoder, requests) -> list[list]:
-    """Each request's answers; the prefix of each group of requests is encoded once."""
+    """Each request's answers (``Decoded``); the prefix of each group of requests is encoded
+    once. The benchmarks time this same path."""
     out: list[list] = [[] for _ in requests]
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, request in enumerate(requests):
@@ -224,8 +235,8 @@ def decode_all(decoder: Decoder, requests) -> list[list]:
     for prefix, indices in groups.items():
         encoded, draft = decoder.encode(prefix)
         for i in indices:
-            for j in range(decoder.plan.samples):
-                generator = answer_seed(decoder.plan.seed, i, j)
+            for j in range(decoder.decoding.samples):
+                generator = answer_seed(decoder.decoding.seed, i, j)
                 out[i].append(decoder.decode(requests[i], encoded, draft, generator))
     return out
 
