@@ -172,6 +172,9 @@ class DecodingConfig:
     lookup_ngram: int = 3
     # the answers' random stream (with the test example and the sample index)
     seed: int = 0
+    # plain decoding writes this many answers side by side: a positive integer, or auto (16 on
+    # CPU, 128 on CUDA); each row holds its own copy of the prefix's cache. Any: as batch_size
+    batch_size: Any = "auto"
 
 
 @dataclass

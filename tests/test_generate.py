@@ -15,6 +15,7 @@ from icl import results
 from icl.answers import answer_text, match_class
 from icl.errors import ICLError
 from icl.lm import decoding
+from icl.lm.tiny import tiny_model_and_tokenizer
 from icl.runner import run_cell
 
 SMALL = ("task=sst2", "model=tiny-llama", "eval.n_test=4", "demos.k=2", "method=generate")
@@ -86,6 +87,45 @@ def test_greedy_speculative_cells_write_the_plain_greedy_answers(tmp_path, mode)
     assert metrics.get("draft_model") == ("tiny-llama" if mode == "draft" else None)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+@pytest.mark.parametrize(
+    "decoder", [(), ("decoding.strategy=sample", "decoding.samples=3", "decoding.temperature=1.5")]
+)
+def test_answers_written_side_by_side_equal_answers_written_alone(
+    tmp_path, monkeypatch, arch, decoder
+):
+    """Rows of other lengths, pad slots and the tiny Gemma-3's 8-token sliding window (the
+    prompts are far longer) must not change a single answer; nor must rows leaving."""
+    from icl.methods.generate import Decoder
+
+    # a random-weight model seldom writes a newline: end answers at a token divisible by 3
+    monkeypatch.setattr(Decoder, "stop", lambda self, tokens: tokens[-1] % 3 == 0)
+    cell = ("eval.n_test=7", "demos.k=3", "decoding.max_new_tokens=6", *decoder)
+    answers = {}
+    for size in (1, 3, 16):
+        _, rows = generate_cell(
+            tmp_path / str(size), *cell, f"decoding.batch_size={size}", loader=CountingLoader(arch)
+        )
+        answers[size] = [[g["tokens"] for g in r["generations"]] for r in rows]
+    assert answers[3] == answers[1] and answers[16] == answers[1]
+    if decoder:  # sampled answers end at different steps: rows leave the batch midway
+        assert len({len(tokens) for example in answers[1] for tokens in example}) > 1
+
+
+def test_a_draft_model_of_another_tokenizer_is_refused_before_any_model_loads(tmp_path):
+    model, tokenizer = tiny_model_and_tokenizer()
+    tokenizer.add_tokens(["Review"])  # splits the prompts otherwise
+    model.save_pretrained(tmp_path / "draft")
+    tokenizer.save_pretrained(tmp_path / "draft")
+    cfg = run_config(
+        *SMALL, "decoding.speculative=draft", "+model@decoding.draft=folder",
+        f"decoding.draft.path={tmp_path / 'draft'}", out_dir=tmp_path / "run",
+    )  # fmt: skip
+    assert cfg.decoding.draft.name == str(tmp_path / "draft")  # its own path, not the target's
+    with pytest.raises(ICLError, match="does not share .* tokenizer"):
+        run_cell(cfg, load_model=fail_if_loaded)
+
+
 def test_a_draft_model_of_another_tokenizer_is_refused(tmp_path):
     def loader(model_cfg):
         lm = tiny_lm()
@@ -136,6 +176,7 @@ def test_the_valid_rate_matches_a_stub_model_of_known_label_mass(tmp_path, monke
         ("decoding.speculative=draft", r"needs a draft model .*\+model@decoding.draft=NAME"),
         ("decoding.samples=3", "needs decoding.strategy=sample"),
         ("decoding.match=fuzzy", "unknown decoding.match 'fuzzy'"),
+        ("decoding.batch_size=0", "batch_size must be a positive integer or auto"),
     ],
 )
 def test_bad_decoding_settings_stop_before_any_model_loads(tmp_path, override, message):

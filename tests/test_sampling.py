@@ -1,5 +1,7 @@
 """Warpers against hand computations, and exact sampling: plain, warped and speculative samples
-from tiny random-weight models with an 8-token vocabulary, against the enumerated distribution."""
+from tiny random-weight models with an 8-token vocabulary, against the enumerated distribution;
+plain samples are drawn in batches beside rows of another length (padding must not leak), and
+transformers' own sampling and assisted generation are held to the same distribution."""
 
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from icl.errors import ICLError
 from icl.lm.decoding import (
+    BatchRows,
     ModelDrafter,
     PromptLookupDrafter,
     Stream,
-    generate,
+    generate_batch,
     speculative_generate,
 )
 from icl.lm.forward import encode_prefix, logits_from_hidden
@@ -25,7 +28,10 @@ from icl.lm.sampling import Sampler, warp
 
 VOCAB, NEW = 8, 2
 PREFIX, CONTEXT = (0, 3, 1, 4), [1, 5, 3, 1]
+# rows of another length decode beside CONTEXT's in a batch: padding must not reach them
+NEIGHBOUR = [6, 2, 7, 1, 5, 0, 3]
 DRAWS = 1200
+BATCH = 40
 
 
 def tiny(seed: int, layers: int = 2) -> LlamaForCausalLM:
@@ -37,6 +43,8 @@ def tiny(seed: int, layers: int = 2) -> LlamaForCausalLM:
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():  # sharper than the default init, so the samplers' cuts bite
         model.lm_head.weight.mul_(8.0)
+    # no token ends an answer: transformers' generate must draw NEW tokens as ours do
+    model.generation_config.eos_token_id = model.generation_config.bos_token_id = None
     return model
 
 
@@ -103,23 +111,41 @@ def exact_distribution(model, sampler: Sampler) -> dict[tuple[int, ...], float]:
 
 
 def draws(sampler: Sampler, drafter_kind: str | None, seed: int = 0) -> Counter:
-    """DRAWS answers of NEW tokens, each from a fresh stream over the encoded prefix."""
+    """DRAWS answers of NEW tokens: plain ones in batches (every other row a NEIGHBOUR), each
+    speculative one from a fresh stream over the encoded prefix."""
+    if drafter_kind is None:
+        return batched_draws(sampler, seed)
     generator = torch.Generator().manual_seed(seed)
     target_prefix = encode_prefix(TARGET, PREFIX, (), "cpu", want_nll=False)
     draft_prefix = encode_prefix(DRAFT, PREFIX, (), "cpu", want_nll=False)
     counts = Counter()
     for _ in range(DRAWS):
         stream = Stream(TARGET, "cpu", target_prefix.cache, len(PREFIX))
-        never = lambda tokens: False  # noqa: E731
-        if drafter_kind is None:
-            out = generate(stream, CONTEXT, sampler, NEW, never, generator)
-        else:
-            drafter = make_drafter(drafter_kind, draft_prefix)
-            committed = list(PREFIX) + CONTEXT
-            out = speculative_generate(
-                stream, drafter, committed, sampler, NEW, never, generator, draft_tokens=2
-            )
+        drafter = make_drafter(drafter_kind, draft_prefix)
+        committed = list(PREFIX) + CONTEXT
+        out = speculative_generate(
+            stream, drafter, committed, sampler, NEW, never, generator, draft_tokens=2
+        )
         counts[tuple(out.tokens[:NEW])] += 1
+    return counts
+
+
+def never(tokens) -> bool:
+    return False
+
+
+def batched_draws(sampler: Sampler, seed: int) -> Counter:
+    """Plain answers for CONTEXT, BATCH // 2 per batch, each row with its own generator."""
+    encoded = encode_prefix(TARGET, PREFIX, (), "cpu", want_nll=False)
+    counts = Counter()
+    row = 0
+    while sum(counts.values()) < DRAWS:
+        queries = [CONTEXT if i % 2 == 0 else NEIGHBOUR for i in range(BATCH)]
+        generators = [torch.Generator().manual_seed(seed * 100_000 + row + i) for i in range(BATCH)]
+        row += BATCH
+        rows = BatchRows(TARGET, "cpu", encoded.cache, len(PREFIX), BATCH)
+        out = generate_batch(rows, queries, sampler, NEW, never, generators)
+        counts.update(tuple(answer.tokens) for answer in out[::2])
     return counts
 
 
@@ -175,6 +201,47 @@ def test_samples_follow_the_exact_distribution(name, drafter):
     sampler = SAMPLERS[name]
     p = chi_square_p(draws(sampler, drafter), exact_distribution(TARGET, sampler))
     assert p > 1e-3, (name, drafter, p)
+
+
+@torch.inference_mode()
+def transformers_draws(sampler: Sampler, assist: str | None, n: int) -> Counter:
+    """Answers from transformers' own sampling (one batch) or assisted generation (one at a
+    time: a draft model, or prompt lookup), under the same warpers."""
+    from transformers import GenerationConfig
+
+    ids = torch.tensor([list(PREFIX) + CONTEXT])
+    # an explicit mask: token 0 opens the prompt, and a pad id equal to a prompt token would
+    # otherwise be hidden from attention
+    mask = torch.ones_like(ids)
+    config = GenerationConfig(
+        do_sample=True, max_new_tokens=NEW, pad_token_id=0, temperature=sampler.temperature,
+        top_k=sampler.top_k or None, top_p=sampler.top_p,
+    )  # fmt: skip
+    torch.manual_seed(0)  # generate draws from the global generator
+    if assist is None:
+        out = TARGET.generate(ids.repeat(n, 1), attention_mask=mask.repeat(n, 1),
+                              generation_config=config)  # fmt: skip
+        return Counter(tuple(row[ids.shape[1] :].tolist()) for row in out)
+    extra = {"assistant_model": DRAFT} if assist == "model" else {"prompt_lookup_num_tokens": 2}
+    counts = Counter()
+    for _ in range(n):
+        out = TARGET.generate(ids, attention_mask=mask, generation_config=config, **extra)
+        counts[tuple(out[0, ids.shape[1] :].tolist())] += 1
+    return counts
+
+
+@pytest.mark.parametrize(
+    ("name", "assist", "n"),
+    [("plain", None, DRAWS), ("warped", None, DRAWS), ("plain", "model", 400),
+     ("plain", "lookup", 400)],
+)  # fmt: skip
+def test_transformers_samples_follow_the_same_exact_distribution(name, assist, n):
+    """The cross-check: transformers' sampling and assisted generation (assistant_model=,
+    prompt_lookup_num_tokens=) pass the test our samplers pass, so the enumerated
+    distribution is the one transformers samples too."""
+    sampler = SAMPLERS[name]
+    p = chi_square_p(transformers_draws(sampler, assist, n), exact_distribution(TARGET, sampler))
+    assert p > 1e-3, (name, assist, p)
 
 
 def test_a_drafter_with_the_wrong_q_is_caught():

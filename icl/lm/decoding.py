@@ -1,9 +1,13 @@
-"""Decoding: plain autoregressive generation and exact speculative sampling, one sequence at a
-time over a shared prefix's KV cache.
+"""Decoding over a shared prefix's KV cache: plain autoregressive generation of many rows at
+once, and exact speculative sampling, one sequence at a time.
 
-A ``Stream`` is one sequence's state on one model: its cache and how many of the sequence's
-tokens it holds. The prefix (the demonstrations) is encoded once per cell; each stream starts
-from a view of its cache that is never written.
+The prefix (the demonstrations) is encoded once per cell and never written. ``BatchRows``
+decodes many answers side by side over it: the rows' queries differ in length, so each forward
+feeds every row its pending tokens padded on the right, and a 4D attention mask built from each
+key's real position (pad slots hidden, sliding windows measured in real positions) makes every
+row see exactly what it would see alone; a row that finishes leaves the batch. A ``Stream`` is
+one sequence's state on one model (its cache and how many tokens it holds), which speculative
+decoding feeds and rolls back.
 
 Speculative sampling (Leviathan et al. 2023; Chen et al. 2023): a drafter proposes tokens with
 distributions q; the target scores them all in one forward, giving p; draft token x is kept
@@ -25,6 +29,8 @@ import torch
 from icl.errors import ICLError
 from icl.lm.forward import cache_kwargs, expand_cache, logits_from_hidden
 from icl.lm.sampling import Sampler, draw
+
+FULL, SLIDING = "full_attention", "sliding_attention"
 
 
 class Stream:
@@ -72,23 +78,118 @@ class Decoded:
     accepted: int = 0
 
 
-def generate(
-    target: Stream,
-    context: list[int],
+def layer_kinds(config) -> list[str]:
+    """Each layer's attention kind: full, or a sliding window (``config.sliding_window``)."""
+    types = getattr(config, "layer_types", None)
+    if types:
+        return [SLIDING if t == SLIDING else FULL for t in types]
+    window = getattr(config, "sliding_window", None)
+    return [SLIDING if window else FULL] * config.num_hidden_layers
+
+
+class BatchRows:
+    """Rows decoding side by side after one prefix: feed each row its next tokens, read the
+    logits after each row's last one, let finished rows go.
+
+    Every layer's cache grows (a sliding-window layer would keep the last slots, not the last
+    real positions, and pad slots would push needed keys out); the masks apply the window.
+    """
+
+    def __init__(self, model, device, prefix_cache, prefix_len: int, rows: int) -> None:
+        from transformers import DynamicCache
+
+        self.model, self.device = model, device
+        self.kinds = layer_kinds(model.config)
+        self.window = getattr(model.config, "sliding_window", None)
+        layers = list(prefix_cache.layers) if prefix_cache is not None else []
+        data = [(la.keys[:1].expand(rows, -1, -1, -1), la.values[:1].expand(rows, -1, -1, -1))
+                for la in layers]  # fmt: skip
+        self.cache = DynamicCache(ddp_cache_data=data) if data else DynamicCache()
+        # the real positions of the prefix keys each kind of layer holds (a window keeps the last)
+        stored = {kind: len_ for kind, len_ in zip(self.kinds, [la.keys.shape[2] for la in layers])}
+        self.prefix_positions = {
+            kind: torch.arange(prefix_len - stored.get(kind, 0), prefix_len, device=device)
+            for kind in set(self.kinds)
+        }
+        self.positions = torch.empty(rows, 0, dtype=torch.long, device=device)  # suffix slots
+        self.valid = torch.empty(rows, 0, dtype=torch.bool, device=device)
+        self.next = torch.full((rows,), prefix_len, dtype=torch.long, device=device)
+
+    @property
+    def rows(self) -> int:
+        return self.next.shape[0]
+
+    def _mask(self, kind: str, positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Additive (rows, 1, new, keys) mask: earlier or same real positions, no pad slots."""
+        prefix = self.prefix_positions[kind].expand(self.rows, -1)
+        keys = torch.cat([prefix, self.positions, positions], 1)
+        seen = torch.cat([torch.ones_like(prefix, dtype=torch.bool), self.valid, valid], 1)
+        visible = seen[:, None, :] & (keys[:, None, :] <= positions[:, :, None])
+        if kind == SLIDING:
+            visible &= (positions[:, :, None] - keys[:, None, :]) < self.window
+        dtype = self.model.dtype
+        bias = torch.zeros(visible.shape, dtype=dtype, device=self.device)
+        return bias.masked_fill_(~visible, torch.finfo(dtype).min)[:, None]
+
+    @torch.inference_mode()
+    def feed(self, pending: list[list[int]]) -> torch.Tensor:
+        """Each row's tokens after what it holds; the float32 logits after each row's last."""
+        counts = torch.tensor([len(p) for p in pending], device=self.device)
+        width = int(counts.max())
+        ids = torch.zeros(self.rows, width, dtype=torch.long)
+        for row, tokens in enumerate(pending):
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+        offsets = torch.arange(width, device=self.device)
+        valid = offsets[None, :] < counts[:, None]
+        positions = self.next[:, None] + offsets[None, :]  # pad slots: never visible as keys
+        masks = {kind: self._mask(kind, positions, valid) for kind in set(self.kinds)}
+        mask = masks if len(masks) > 1 else next(iter(masks.values()))
+        base = self.model.base_model
+        out = base(
+            input_ids=ids.to(self.device), position_ids=positions, attention_mask=mask,
+            use_cache=True, **cache_kwargs(base, self.cache),
+        )  # fmt: skip
+        self.positions = torch.cat([self.positions, positions], 1)
+        self.valid = torch.cat([self.valid, valid], 1)
+        self.next = self.next + counts
+        last = out.last_hidden_state[torch.arange(self.rows, device=self.device), counts - 1]
+        return logits_from_hidden(self.model, last).float()
+
+    def keep(self, rows: list[int]) -> None:
+        """Only these rows go on (in this order)."""
+        index = torch.tensor(rows, device=self.device)
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[index], layer.values[index]
+        self.positions, self.valid = self.positions[index], self.valid[index]
+        self.next = self.next[index]
+
+
+def generate_batch(
+    batch: BatchRows,
+    queries: list[list[int]],
     sampler: Sampler,
     max_new: int,
     stop: Callable[[list[int]], bool],
-    generator: torch.Generator,
-) -> Decoded:
-    """Plain decoding: one target pass per token, from the stream's end plus ``context``."""
-    start_passes = target.passes
-    logits = target.feed(context)[-1]
-    tokens: list[int] = []
+    generators: list[torch.Generator],
+) -> list[Decoded]:
+    """Plain decoding of one answer per row, all rows in each forward; each row draws from its
+    own generator, so an answer does not depend on the rows beside it."""
+    out = [Decoded([]) for _ in queries]
+    active = list(range(len(queries)))
+    logits = batch.feed([list(q) for q in queries])
     while True:
-        tokens.append(draw(sampler.probs(logits), generator))
-        if len(tokens) >= max_new or stop(tokens):
-            return Decoded(tokens, target_passes=target.passes - start_passes)
-        logits = target.feed(tokens[-1:])[-1]
+        going = []
+        for row, i in enumerate(active):
+            out[i].tokens.append(draw(sampler.probs(logits[row]), generators[i]))
+            out[i].target_passes += 1
+            if len(out[i].tokens) < max_new and not stop(out[i].tokens):
+                going.append(row)
+        if not going:
+            return out
+        if len(going) < len(active):
+            batch.keep(going)
+            active = [active[row] for row in going]
+        logits = batch.feed([out[i].tokens[-1:] for i in active])
 
 
 class ModelDrafter:

@@ -6,6 +6,7 @@ its tokenizer are then saved as safetensors under the cache folder and loaded fr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.metadata
@@ -184,13 +185,20 @@ def check_model_folder(folder: Path) -> None:
         )
 
 
-def load_from_hub(cfg, dtype: torch.dtype):
-    hint = "Offline, use an installed model: model=smollm2-135m or model=gemma3-270m."
-    require_hub(f"model {cfg.path!r}", hint)
+OFFLINE_MODEL_HINT = "Offline, use an installed model: model=smollm2-135m or model=gemma3-270m."
+
+
+def from_hub(what: str, load):
+    """``load()`` of something on the hub, failing fast and clearly when it cannot be had."""
+    require_hub(what, OFFLINE_MODEL_HINT)
     try:
-        return load_pretrained(cfg.path, dtype, cfg.revision)
+        return load()
     except OSError as err:
-        raise HubUnavailable(f"could not load model {cfg.path!r} ({err}). {hint}") from err
+        raise HubUnavailable(f"could not load {what} ({err}). {OFFLINE_MODEL_HINT}") from err
+
+
+def load_from_hub(cfg, dtype: torch.dtype):
+    return from_hub(f"model {cfg.path!r}", lambda: load_pretrained(cfg.path, dtype, cfg.revision))
 
 
 def load_gguf(cfg, dtype: torch.dtype):
@@ -202,11 +210,15 @@ def load_gguf(cfg, dtype: torch.dtype):
     return load_pretrained(str(target), dtype)
 
 
-def load_model_and_tokenizer(cfg, dtype: torch.dtype):
+def check_source(cfg) -> None:
     if cfg.source not in MODEL_SOURCES:
         raise ICLError(f"unknown model.source {cfg.source!r}; valid: {', '.join(MODEL_SOURCES)}")
     if cfg.source in ("hub", "folder", "gguf") and not cfg.path:
         raise ICLError(f"model source {cfg.source!r} needs a path: add model.path=...")
+
+
+def load_model_and_tokenizer(cfg, dtype: torch.dtype):
+    check_source(cfg)
     if cfg.source == "tiny":
         from icl.lm.tiny import tiny_model_and_tokenizer
 
@@ -218,6 +230,44 @@ def load_model_and_tokenizer(cfg, dtype: torch.dtype):
         check_model_folder(folder)
         return load_pretrained(str(folder), dtype)
     return load_gguf(cfg, dtype)
+
+
+def load_tokenizer(cfg):
+    """The tokenizer a ModelConfig names, without its weights: cheap enough to check a model
+    pair's tokenizers before either model loads."""
+    from transformers import AutoTokenizer
+
+    check_source(cfg)
+    if cfg.source == "tiny":
+        from icl.lm.tiny import byte_tokenizer
+
+        return byte_tokenizer()
+    if cfg.source == "hub":
+        kwargs = {"revision": cfg.revision} if cfg.revision else {}
+        load = functools.partial(AutoTokenizer.from_pretrained, cfg.path, **kwargs)
+        return from_hub(f"the tokenizer of {cfg.path!r}", load)
+    if cfg.source == "folder":
+        folder = Path(cfg.path).expanduser()
+        check_model_folder(folder)
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    path = gguf_path(cfg)
+    cached = cache_root() / cache_key(cfg, path)
+    if cfg.cache and (cached / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(str(cached))
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+# a text whose tokens show whether two tokenizers split a prompt alike
+TOKENIZER_PROBE = "Review: a fine, quiet film.\nSentiment: positive\n\nQuestion: Is it? Answer:"
+
+
+def same_tokenizer(a, b) -> bool:
+    """Whether two tokenizers give the same ids (vocabulary, a probe's split, BOS)."""
+
+    def ids(tok, special):
+        return list(tok(TOKENIZER_PROBE, add_special_tokens=special).input_ids)
+
+    return a.get_vocab() == b.get_vocab() and all(ids(a, s) == ids(b, s) for s in (False, True))
 
 
 def model_fingerprint(cfg) -> str:

@@ -3,9 +3,11 @@ prompt the ``score`` method scores, and the answer is mapped to a label word.
 
 Answers are decoded greedily or sampled (temperature, top-k, top-p), optionally several per
 example (majority vote) and optionally by exact speculative sampling (a draft model of the same
-tokenizer, or prompt lookup). The demonstrations are encoded once per prefix; each example
-decodes over that cache. The label words are also scored on the same prompts in the same
-process (``scoring_accuracy``), so one run shows both numbers.
+tokenizer, or prompt lookup). The demonstrations are encoded once per prefix; plain decoding
+writes the answers of many examples at once over that cache (``decoding.batch_size`` rows,
+sorted by query length, finished rows leaving the batch); speculative decoding, which is about
+one sequence's latency, writes one answer at a time. The label words are also scored on the
+same prompts in the same process (``scoring_accuracy``), so one run shows both numbers.
 """
 
 from __future__ import annotations
@@ -16,18 +18,22 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from icl.answers import MATCHES, answer_text, match_class, stops
 from icl.config import DecodingConfig, ModelConfig, RunConfig
 from icl.errors import ICLError, unknown_name
+from icl.lm.batching import AUTO, CPU_BATCH_SIZE
 from icl.lm.decoding import (
+    BatchRows,
     ModelDrafter,
     PromptLookupDrafter,
     Stream,
-    generate,
+    generate_batch,
     speculative_generate,
 )
 from icl.lm.forward import encode_prefix
+from icl.lm.loading import load_tokenizer, same_tokenizer
 from icl.lm.sampling import Sampler
 from icl.methods import CellOutput, Method, register
 from icl.methods.generate_rows import GenerationRow, generation_metrics, majority
@@ -52,6 +58,8 @@ class Decoding:
     draft_tokens: int = 4
     lookup_ngram: int = 3
     seed: int = 0
+    # plain decoding: answers written side by side (auto: 16 on CPU, more on CUDA)
+    batch_size: int | str = AUTO
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,9 @@ def check_decoding(decoding: DecodingConfig) -> Sampler:
     for name in ("max_new_tokens", "samples", "draft_tokens", "lookup_ngram"):
         if getattr(decoding, name) < 1:
             raise ICLError(f"decoding.{name} must be >= 1, got {getattr(decoding, name)}")
+    size = decoding.batch_size
+    if size != AUTO and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ICLError(f"decoding.batch_size must be a positive integer or auto, got {size!r}")
     if decoding.speculative == "draft" and decoding.draft is None:
         raise ICLError(
             "decoding.speculative=draft needs a draft model of the target's tokenizer: "
@@ -116,7 +127,10 @@ def plan(cfg: RunConfig, cell=None) -> GeneratePlan:
         draft_tokens=d.draft_tokens,
         lookup_ngram=d.lookup_ngram,
         seed=d.seed,
+        batch_size=d.batch_size,
     )
+    if d.speculative == "draft":
+        check_draft_tokenizer(cfg.model, d.draft)
     return GeneratePlan(
         cell=plan_cell(cfg, NAME, cell),
         decoding=decoding,
@@ -142,27 +156,44 @@ def answer_seed(seed: int, example: int, sample: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
+# batch_size=auto for plain decoding on CUDA: rows hold their own copy of the prefix's cache
+CUDA_DECODE_BATCH_SIZE = 128
+
+
 @dataclass
 class Decoder:
-    """Everything one answer's decoding needs besides its prompt."""
+    """Everything decoding needs besides the prompts."""
 
     decoding: Decoding
     demo_sep: str  # an answer ends at a newline or this separator
     lm: object
     draft: object | None = None
+    progress: bool = False
 
     def stop(self, tokens: list[int]) -> bool:
         eos = self.lm.tokenizer.eos_token_id
         text = self.lm.tokenizer.decode(tokens, skip_special_tokens=True)
         return tokens[-1] == eos or stops(text, self.demo_sep)
 
-    def decode(self, request, encoded, draft_encoded, generator):
+    @property
+    def batch_size(self) -> int:
+        size = self.decoding.batch_size
+        if size != AUTO:
+            return size
+        return CUDA_DECODE_BATCH_SIZE if self.lm.device.type == "cuda" else CPU_BATCH_SIZE
+
+    def decode_batch(self, queries, encoded, generators):
+        """Plain decoding of one answer per query, side by side over the encoded prefix."""
+        d = self.decoding
+        batch = BatchRows(
+            self.lm.model, self.lm.device, encoded.cache, encoded.length, len(queries)
+        )
+        return generate_batch(batch, queries, d.sampler, d.max_new_tokens, self.stop, generators)
+
+    def decode_speculative(self, request, encoded, draft_encoded, generator):
+        """One answer by speculative sampling: the target checks the drafts in one pass."""
         d = self.decoding
         target = Stream(self.lm.model, self.lm.device, encoded.cache, encoded.length)
-        if d.speculative == "none":
-            return generate(
-                target, list(request.query), d.sampler, d.max_new_tokens, self.stop, generator
-            )
         if d.speculative == "prompt_lookup":
             drafter = PromptLookupDrafter(d.lookup_ngram)
         else:
@@ -183,20 +214,28 @@ class Decoder:
         return encoded, draft
 
 
+def tokenizer_mismatch(target: str, draft: str) -> ICLError:
+    return ICLError(
+        f"draft model {draft!r} does not share {target!r}'s tokenizer; speculative decoding "
+        f"needs the same tokens (or use decoding.speculative=prompt_lookup)"
+    )
+
+
+def check_draft_tokenizer(target: ModelConfig, draft: ModelConfig) -> None:
+    """Before any model loads: the draft's tokenizer must be the target's (drafts are ids)."""
+    if dataclasses.replace(draft, name=target.name) == target:
+        return  # the same model: the same tokenizer
+    if not same_tokenizer(load_tokenizer(target), load_tokenizer(draft)):
+        raise tokenizer_mismatch(target.name, draft.name)
+
+
 def load_draft(plan: GeneratePlan, models, lm):
-    """The draft model, checked to share the target's tokenizer (the drafts are token ids)."""
+    """The draft model, checked again once loaded (a caller's own loader may differ)."""
     if plan.draft is None:
         return None
     draft = models.get(plan.draft)
-    probe = "Review: a b c\nSentiment: positive\n\n"
-    same = draft.tokenizer.get_vocab() == lm.tokenizer.get_vocab() and draft.encode(
-        probe
-    ) == lm.encode(probe)
-    if not same or draft.bos != lm.bos:
-        raise ICLError(
-            f"draft model {draft.name!r} does not share {lm.name!r}'s tokenizer; speculative "
-            f"decoding needs the same tokens (or use decoding.speculative=prompt_lookup)"
-        )
+    if not same_tokenizer(draft.tokenizer, lm.tokenizer) or draft.bos != lm.bos:
+        raise tokenizer_mismatch(lm.name, draft.name)
     return draft
 
 
@@ -211,7 +250,8 @@ def run(plan: GeneratePlan, models) -> CellOutput:
         for demos, ex in zip(cell.demos, cell.test)
     ]
     scoring = scoring_predictions(scorer, cell, prompts, options)
-    decoder = Decoder(plan.decoding, cell.template.demo_sep, lm, load_draft(plan, models, lm))
+    draft = load_draft(plan, models, lm)
+    decoder = Decoder(plan.decoding, cell.template.demo_sep, lm, draft, cell.scoring.progress)
     started = time.perf_counter()
     decoded = decode_all(decoder, [p.request for p in prompts])
     generation_s = time.perf_counter() - started
@@ -226,18 +266,36 @@ def run(plan: GeneratePlan, models) -> CellOutput:
 
 
 def decode_all(decoder: Decoder, requests) -> list[list]:
-    """Each request's answers (``Decoded``); the prefix of each group of requests is encoded
-    once. The benchmarks time this same path."""
-    out: list[list] = [[] for _ in requests]
+    """Each request's answers (``Decoded``), in sample order; the prefix of each group of
+    requests is encoded once. The benchmarks time this same path."""
+    samples = decoder.decoding.samples
+    out: list[list] = [[None] * samples for _ in requests]
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, request in enumerate(requests):
         groups.setdefault(request.prefix, []).append(i)
+    bar = tqdm(total=len(requests) * samples, desc="generating", unit="answer",
+               disable=not decoder.progress)  # fmt: skip
     for prefix, indices in groups.items():
         encoded, draft = decoder.encode(prefix)
-        for i in indices:
-            for j in range(decoder.decoding.samples):
-                generator = answer_seed(decoder.decoding.seed, i, j)
-                out[i].append(decoder.decode(requests[i], encoded, draft, generator))
+        answers = [(i, j) for i in indices for j in range(samples)]
+        if decoder.decoding.speculative != "none":
+            for i, j in answers:
+                out[i][j] = decoder.decode_speculative(
+                    requests[i], encoded, draft, answer_seed(decoder.decoding.seed, i, j)
+                )
+                bar.update()
+            continue
+        # length-sorted batches: little padding; each answer keeps its own generator
+        answers.sort(key=lambda a: len(requests[a[0]].query))
+        size = decoder.batch_size
+        for start in range(0, len(answers), size):
+            chunk = answers[start : start + size]
+            generators = [answer_seed(decoder.decoding.seed, i, j) for i, j in chunk]
+            queries = [requests[i].query for i, _ in chunk]
+            for (i, j), decoded in zip(chunk, decoder.decode_batch(queries, encoded, generators)):
+                out[i][j] = decoded
+            bar.update(len(chunk))
+    bar.close()
     return out
 
 
