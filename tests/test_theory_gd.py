@@ -101,8 +101,10 @@ def test_the_fast_query_readout_equals_stacked_attention(layers):
     toks = tokens(tasks)
     for _ in range(layers):
         toks = attend(toks, weights, tasks.n_context)
-    fast = query_after(weights, context_tokens(tasks), tokens(tasks)[:, -1], layers)
-    assert torch.allclose(fast, toks[:, -1], atol=1e-12, rtol=0)
+    context, query = context_tokens(tasks), tokens(tasks)[:, -1]
+    assert torch.allclose(query_after(weights, context, query, layers), toks[:, -1], atol=1e-12)
+    y_slot = query_after(weights, context, query, layers, d=4)
+    assert torch.allclose(y_slot, toks[:, -1, 4:], atol=1e-12, rtol=0)
 
 
 def test_gd_sensitivity_to_the_query_is_its_weight_update():

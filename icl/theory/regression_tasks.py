@@ -49,7 +49,7 @@ def sample_tasks(
     N(0, weight_scale^2) entries, and noiseless labels y = W x."""
     weights = weight_scale * torch.randn(n_tasks, d_out, d, generator=gen, dtype=dtype)
     x = (torch.rand(n_tasks, n_context + 1, d, generator=gen, dtype=dtype) - 0.5) * input_range
-    y = (x[:, :, None, :] * weights[:, None]).sum(-1)  # (B, N + 1, o): a broadcast, not a bmm
+    y = x @ weights.transpose(1, 2)  # (B, N + 1, o)
     return RegressionTasks(x[:, :-1], y[:, :-1], x[:, -1], y[:, -1], weights)
 
 
