@@ -47,24 +47,34 @@ def test_the_quick_theory_studies_are_in_the_study_list(capsys):
 
 def test_a_theory_study_writes_its_files_then_is_found_finished(tmp_path, capsys, monkeypatch):
     root = tmp_path / "bayes"
-    icl.cli.study(["bayes_early_ascent", "--quick", "--dir", str(root), *TINY_BAYES])
+    icl.cli.study(["bayes_early_ascent", "--quick", "--dir", str(root)])  # the quick form, as is
     out = capsys.readouterr().out
     assert "peaks:" in out and f"-> {root}" in out
     for name in ("risk.csv", "risk.md", "peaks.md", "peaks.csv", "config.yaml", "metrics.json",
                  "risk_vs_k.png", "theory_vs_shots.png"):  # fmt: skip
         assert (root / name).is_file(), name
     metrics = json.loads((root / "metrics.json").read_text())
-    assert metrics["study"] == "bayes_early_ascent" and metrics["config"]["trials"] == 200
+    assert metrics["study"] == "bayes_early_ascent" and metrics["config"]["trials"] == 4000
     assert metrics["tables"] == ["risk"] and "d1_gold_peak_risk" in metrics
     # a second run of the same config reports the stored tables without computing again
-    theory = get_theory("bayes_early_ascent")
-    monkeypatch.setitem(THEORIES, theory.name, dataclasses.replace(theory, compute=None))
-    icl.cli.study(["bayes_early_ascent", "--quick", "--dir", str(root), *TINY_BAYES])
-    assert "peaks:" in capsys.readouterr().out
+    seen = []
+    quiet(
+        monkeypatch, compute=None, report=lambda root, frames, cfg: seen.append(frames) or ("", [])
+    )
+    icl.cli.study(["bayes_early_ascent", "--quick", "--dir", str(root)])
+    assert list(seen[-1]) == ["risk"] and len(seen[-1]["risk"]) == 2 * 2 * 8  # d, labels, k
     icl.cli.study(["bayes_early_ascent", "--dir", str(root), "--report-only"])
+    assert len(seen) == 2
 
 
-def test_another_config_in_the_folder_is_refused_unless_overwrite(tmp_path, capsys):
+def quiet(monkeypatch, **fields):
+    """bayes_early_ascent with some fields replaced (e.g. a report that draws nothing)."""
+    theory = get_theory("bayes_early_ascent")
+    monkeypatch.setitem(THEORIES, theory.name, dataclasses.replace(theory, **fields))
+
+
+def test_another_config_in_the_folder_is_refused_unless_overwrite(tmp_path, capsys, monkeypatch):
+    quiet(monkeypatch, report=lambda root, frames, cfg: ("", []))
     root = tmp_path / "bayes"
     icl.cli.study(["bayes_early_ascent", "--quick", "--dir", str(root), *TINY_BAYES])
     with pytest.raises(SystemExit) as exit_:
@@ -114,11 +124,11 @@ def test_bad_settings_fail_before_any_work():
 
 def test_the_quick_icl_as_gd_study_runs_end_to_end(tmp_path, capsys):
     root = tmp_path / "gd"
-    icl.cli.study(["icl_as_gd", "--quick", "--dir", str(root), "train.steps=60",
-                   "depth_steps=20", "eval_tasks=300", "line_search.tasks=500"])  # fmt: skip
+    icl.cli.study(["icl_as_gd", "--quick", "--dir", str(root)])  # the quick form, as is
     assert "comparison:" in capsys.readouterr().out
     metrics = json.loads((root / "metrics.json").read_text())
     assert metrics["construction_error"] < 1e-10
+    assert metrics["trained_loss"] < 1.1 * metrics["gd_loss"]  # near GD even in 200 steps
     assert set(metrics["tables"]) == {"construction", "training", "depth", "input_scale"}
     for name in ("comparison.md", "depth.md", "input_scale.md", "training.png", "extensions.png"):
         assert (root / name).is_file(), name
