@@ -248,7 +248,12 @@ def study(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="the small form (NAME_quick.yaml)")
     parser.add_argument("--dir", type=Path, default=None, help="results folder (results/NAME)")
     parser.add_argument("--report-only", action="store_true", help="skip the sweeps")
-    parser.add_argument("overrides", nargs="*", help="icl-run overrides, e.g. model=gemma3-270m")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="icl-run overrides, e.g. model=gemma3-270m; for a theory study, its config's "
+        "(e.g. trials=20000)",
+    )
     args = parser.parse_intermixed_args(argv)
     root = args.dir or Path("results") / (f"{args.name}_quick" if args.quick else args.name)
     started = time.perf_counter()

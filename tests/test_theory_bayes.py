@@ -3,10 +3,15 @@ sampling of the demonstrations' statistics, and the early ascent itself."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import ROOT
 
+import icl.cli
 from icl.errors import ICLError
 from icl.theory.bayes_early_ascent import (
     demonstration_statistics,
@@ -155,3 +160,22 @@ def test_shots_are_read_by_column_name_and_a_wrong_file_says_what_it_lacks(tmp_p
     pd.DataFrame({"task": ["sst2"], "k": [0]}).to_csv(bad, index=False)
     with pytest.raises(ICLError, match="lacks the column.*labels, mean"):
         read_shots(bad)
+
+
+def test_the_committed_study_is_the_full_config_and_shows_the_early_ascent():
+    """experiments/bayes_early_ascent is the output of the config as it stands (a changed config
+    fails here until the study is rerun); the full run takes under a minute."""
+    import dataclasses
+    import json
+
+    from helpers import ROOT
+
+    import icl.cli
+
+    metrics = json.loads((ROOT / "experiments" / "bayes_early_ascent" / "metrics.json").read_text())
+    full = dataclasses.asdict(icl.cli.theory_config("bayes_early_ascent", False, []))
+    del full["overwrite"]
+    assert metrics["config"] == full
+    for d in (1, 3):
+        assert metrics[f"d{d}_gold_peak_risk"] > metrics[f"d{d}_gold_risk_k0"] + 0.3
+        assert metrics[f"d{d}_gold_risk_last"] < 0.1 < metrics[f"d{d}_random_risk_last"]
