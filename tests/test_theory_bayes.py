@@ -165,13 +165,6 @@ def test_shots_are_read_by_column_name_and_a_wrong_file_says_what_it_lacks(tmp_p
 def test_the_committed_study_is_the_full_config_and_shows_the_early_ascent():
     """experiments/bayes_early_ascent is the output of the config as it stands (a changed config
     fails here until the study is rerun); the full run takes under a minute."""
-    import dataclasses
-    import json
-
-    from helpers import ROOT
-
-    import icl.cli
-
     metrics = json.loads((ROOT / "experiments" / "bayes_early_ascent" / "metrics.json").read_text())
     full = dataclasses.asdict(icl.cli.theory_config("bayes_early_ascent", False, []))
     del full["overwrite"]
