@@ -238,19 +238,33 @@ def study(argv: list[str] | None = None) -> None:
     """Entry point of ``icl-study NAME [--quick] [OVERRIDE ...]``: sweeps, tables, figures."""
     from icl.studies import STUDIES, get_study, sweep_commands
     from icl.studies.reports import figures, summary, tables, write_effects
+    from icl.theory import BUILTIN as THEORIES
 
     parser = argparse.ArgumentParser(
-        description="Run a ready-made study (conf/experiment/NAME.yaml) and write its report."
+        description="Run a ready-made study (conf/experiment/NAME.yaml, or a theory study: "
+        "conf/theory/NAME.yaml) and write its report."
     )
-    parser.add_argument("name", choices=sorted(STUDIES))
+    parser.add_argument("name", choices=sorted({*STUDIES, *THEORIES}))
     parser.add_argument("--quick", action="store_true", help="the small form (NAME_quick.yaml)")
     parser.add_argument("--dir", type=Path, default=None, help="results folder (results/NAME)")
     parser.add_argument("--report-only", action="store_true", help="skip the sweeps")
-    parser.add_argument("overrides", nargs="*", help="icl-run overrides, e.g. model=gemma3-270m")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="icl-run overrides, e.g. model=gemma3-270m; for a theory study, its config's "
+        "(e.g. trials=20000)",
+    )
     args = parser.parse_intermixed_args(argv)
-    chosen = get_study(args.name)
     root = args.dir or Path("results") / (f"{args.name}_quick" if args.quick else args.name)
     started = time.perf_counter()
+    if args.name in THEORIES:
+        try:
+            theory_study(args.name, args.quick, list(args.overrides), root, args.report_only)
+        except ICLError as err:
+            parser.exit(2, f"icl-study: error: {err}\n")
+        print(f"{args.name}: done in {time.perf_counter() - started:.0f} s -> {root}")
+        return
+    chosen = get_study(args.name)
     if not args.report_only:
         for command in sweep_commands(chosen, args.quick, list(args.overrides)):
             task = next((a.split("=", 1)[1] for a in command if a.startswith("task=")), None)
@@ -268,6 +282,37 @@ def study(argv: list[str] | None = None) -> None:
     except ICLError as err:  # the runs stay reported; only the effects are missing
         print(f"effects: {err}", file=sys.stderr)
     print(f"{args.name}: done in {time.perf_counter() - started:.0f} s -> {root}")
+
+
+def theory_config(name: str, quick: bool, overrides: list[str]):
+    """A theory study's typed config: conf/theory/NAME.yaml (NAME_quick.yaml) with overrides;
+    a key the schema lacks fails here, before any computation."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from icl.theory.config import register_configs as register_theory_configs
+
+    register_theory_configs()
+    config_name = f"{name}_quick" if quick else name
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir() / "theory"), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=overrides)
+    except HydraException as err:
+        cause = f" ({err.__cause__})" if err.__cause__ else ""
+        raise ICLError(f"{name}: {err}{cause}".replace("\n", " ")) from err
+    return OmegaConf.to_object(cfg)
+
+
+def theory_study(name: str, quick: bool, overrides: list[str], root: Path, report_only: bool):
+    """Run (or find finished) a theory study into root and print its report."""
+    from icl.theory.runner import run_theory
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = theory_config(name, quick, overrides)
+    text, paths, _ = run_theory(name, cfg, root, report_only=report_only)
+    print(text)
+    for path in paths:
+        print(f"figure -> {path}")
 
 
 # icl-run in a child process: each sweep is its own Hydra app invocation
