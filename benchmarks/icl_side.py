@@ -127,12 +127,13 @@ def shared_prefix_call(module, q, k, v, pk, pv, length: int, **kwargs):
         module._ACTIVE.reset(token)
 
 
-def greedy_answers(lm, requests, max_new: int) -> list[str]:
+def greedy_answers(lm, requests, max_new: int, batch_size="auto") -> list[str]:
     """Greedy answers (decoded text) through method=generate's own decoding path: each prefix
-    encoded once, each example decoded over its cache until a newline or ``max_new`` tokens."""
+    encoded once, the examples decoded over its cache, ``batch_size`` side by side, until a
+    newline or ``max_new`` tokens."""
     from icl.lm.sampling import Sampler
     from icl.methods.generate import Decoder, Decoding, decode_all
 
-    decoder = Decoder(Decoding(Sampler("greedy"), max_new), "\n\n", lm)
+    decoder = Decoder(Decoding(Sampler("greedy"), max_new, batch_size=batch_size), "\n\n", lm)
     answers = decode_all(decoder, requests)
     return [lm.tokenizer.decode(a[0].tokens, skip_special_tokens=True) for a in answers]
