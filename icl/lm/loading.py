@@ -220,6 +220,45 @@ def load_model_and_tokenizer(cfg, dtype: torch.dtype):
     return load_gguf(cfg, dtype)
 
 
+_TOKENIZERS: dict[str, object] = {}
+
+
+def load_tokenizer(cfg):
+    """The model's tokenizer alone, without its weights (checks that need it before a model
+    loads, such as format=chat's chat template); kept per model for the process."""
+    key = model_fingerprint(cfg)
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = _read_tokenizer(cfg)
+    return _TOKENIZERS[key]
+
+
+def _read_tokenizer(cfg):
+    from transformers import AutoTokenizer
+
+    if cfg.source not in MODEL_SOURCES:
+        raise ICLError(f"unknown model.source {cfg.source!r}; valid: {', '.join(MODEL_SOURCES)}")
+    if cfg.source == "tiny":
+        from icl.lm.tiny import byte_tokenizer
+
+        return byte_tokenizer()
+    if cfg.source in ("hub", "folder", "gguf") and not cfg.path:
+        raise ICLError(f"model source {cfg.source!r} needs a path: add model.path=...")
+    if cfg.source == "hub":
+        hint = "Offline, use an installed model: model=smollm2-135m or model=gemma3-270m."
+        require_hub(f"the tokenizer of model {cfg.path!r}", hint)
+        kwargs = {"revision": cfg.revision} if cfg.revision else {}
+        return AutoTokenizer.from_pretrained(cfg.path, trust_remote_code=False, **kwargs)
+    if cfg.source == "folder":
+        folder = Path(cfg.path).expanduser()
+        check_model_folder(folder)
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    path = gguf_path(cfg)
+    target = cache_root() / cache_key(cfg, path)
+    if cfg.cache and (target / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(str(target), trust_remote_code=False)
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
 def model_fingerprint(cfg) -> str:
     """The model's name and a digest of every setting it was loaded with."""
     settings = json.dumps(asdict(cfg), sort_keys=True, default=str)
