@@ -41,8 +41,8 @@ def check_chat_template(tokenizer, model_name: str) -> None:
     """format=chat needs the tokenizer's chat template; say so, naming the model, if it has none."""
     if not getattr(tokenizer, "chat_template", None):
         raise ICLError(
-            f"format=chat needs a chat template, and model {model_name!r}'s tokenizer has none "
-            f"(a base model); use format=plain for it"
+            f"format=chat needs a chat template, and the tokenizer of model {model_name!r} has "
+            f"none (a base model); use format=plain for it"
         )
 
 

@@ -126,6 +126,8 @@ class DemosConfig:
     # knn_diverse: the weight of similarity to the input against similarity to the ones
     # already chosen (1.0 is plain knn)
     diversity_lambda: float = 0.5
+    # the text fields retrieval compares (null: all of the task's text_fields), e.g. [hypothesis]
+    retrieve_by: list[str] | None = None
     # labels=ood_inputs: the task whose texts replace the demonstration inputs; each task's
     # default is conf/ood/<task>.yaml, another corpus is chosen with corpus@demos.ood_task=NAME
     ood_task: TaskConfig | None = None

@@ -21,7 +21,10 @@ from icl.identity import SEED_FIELD, VERSION_FIELDS, group_columns
 from icl.scoring import SCORING_RULES
 
 # demonstration columns: they change nothing at k=0, where no demonstration is shown
-DEMO_COLUMNS = ("labels", "sampling", "per_example", "nested", "ood_corpus")
+DEMO_COLUMNS = (
+    "labels", "sampling", "per_example", "nested", "ood_corpus", "selection", "order",
+    "diversity_lambda", "retrieve_by",
+)  # fmt: skip
 # identity columns never compared: the seed pairs the cells; the rest change the test examples
 NOT_COMPARED = (SEED_FIELD, "task", "n_test", "eval_seed", *VERSION_FIELDS)
 EFFECT_COLUMNS = ["n_seeds", "n_examples", "difference", "ci_low", "ci_high", "p"]

@@ -60,6 +60,7 @@ class CellIdentity:
     selection: str | None = _unless_default("random")
     order: str | None = _unless_default("pool")
     diversity_lambda: float | None = _method_specific()  # knn_diverse only
+    retrieve_by: str | None = _method_specific()  # retrieval by some text fields only
     n_test: int | None = None
     eval_seed: int | None = None
     engine: str | None = None  # resolved, so a resumed sweep runs what it recorded

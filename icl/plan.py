@@ -120,6 +120,7 @@ def cell_identity(cfg: RunConfig, method: str) -> CellIdentity:
         diversity_lambda=cfg.demos.diversity_lambda
         if cfg.demos.selection == "knn_diverse"
         else None,
+        retrieve_by="/".join(cfg.demos.retrieve_by) if cfg.demos.retrieve_by else None,
         n_test=cfg.eval.n_test,
         eval_seed=cfg.eval.seed,
         engine=resolve_engine(cfg.scoring.engine, device),

@@ -94,9 +94,8 @@ def ranking(demos_cfg, pool, test, fields, encode=None) -> neighbours.Ranking:
     k = demos_cfg.k
     if demos_cfg.selection == "bm25":
         return neighbours.bm25(lexical.BM25(pool_texts), test_texts, k, excluded)
-    embed = encode or encoder.encode
-    pool_vectors = encoder.embeddings(pool_texts, embed)
-    test_vectors = encoder.embeddings(test_texts, embed)
+    pool_vectors = encoder.embeddings(pool_texts, encode)
+    test_vectors = encoder.embeddings(test_texts, encode)
     if demos_cfg.selection == "knn":
         return neighbours.knn(test_vectors, pool_vectors, k, excluded)
     return neighbours.knn_diverse(
@@ -108,9 +107,8 @@ def similarities(demo_sets, pool, test, fields, encode=None) -> list[list[float]
     """Each test example's cosine similarity to each demonstration of its set."""
     from icl.retrieval import encoder
 
-    embed = encode or encoder.encode
-    pool_vectors = encoder.embeddings(texts(pool, fields), embed)
-    test_vectors = encoder.embeddings(texts(test, fields), embed)
+    pool_vectors = encoder.embeddings(texts(pool, fields), encode)
+    test_vectors = encoder.embeddings(texts(test, fields), encode)
     return neighbours.cosine_of(test_vectors, pool_vectors, [d.indices for d in demo_sets])
 
 
@@ -127,7 +125,7 @@ def demo_sets(demos_cfg, pool, test, fields, n_classes: int, drawn, encode=None)
     """Each test example's DemoSet under the selection and order (``drawn``: the random
     selection's sets, one per example; the same object where they share one).
 
-    ``encode`` (texts -> unit vectors) stands in for the sentence encoder in tests.
+    ``encode`` (texts -> unit vectors, with a ``name``) stands in for MiniLM (tests).
     """
     if demos_cfg.k == 0:
         return drawn

@@ -124,10 +124,12 @@ _MEMO: dict[tuple[str, str], np.ndarray] = {}
 MEMO_KEPT = 8
 
 
-def embeddings(texts: list[str], encoder=encode) -> np.ndarray:
+def embeddings(texts: list[str], encoder=None) -> np.ndarray:
     """Each text's embedding: from this process, else from the disk cache, else computed and
-    cached. ``encoder`` (texts -> matrix) is the MiniLM encoder unless a test hands another."""
-    name = encoder_name() if encoder is encode else getattr(encoder, "name", repr(encoder))
+    cached. ``encoder`` (None: MiniLM) is any callable texts -> unit rows with a ``name``,
+    which keys its cache apart from every other encoder's."""
+    name = encoder_name() if encoder is None else encoder.name
+    encoder = encode if encoder is None else encoder
     key = (name, texts_digest(texts))
     if key in _MEMO:
         return _MEMO[key]
