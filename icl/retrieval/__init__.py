@@ -38,16 +38,19 @@ def check_selection(demos_cfg, text_fields) -> list[str]:
         raise ICLError(
             f"demos.diversity_lambda must be in [0, 1], got {demos_cfg.diversity_lambda}"
         )
-    return list(text_fields)
+    fields = list(demos_cfg.retrieve_by or text_fields)
+    unknown = [f for f in fields if f not in text_fields]
+    if unknown:
+        raise ICLError(
+            f"demos.retrieve_by names {unknown}, which the demonstration pool does not have: "
+            f"its text fields are {list(text_fields)} (task.text_fields)"
+        )
+    return fields
 
 
 def per_example(demos_cfg) -> bool:
     """Whether each test example gets demonstrations (or an order) of its own."""
-    return (
-        demos_cfg.selection in RETRIEVALS
-        or demos_cfg.order in SIMILARITY_ORDERS
-        or demos_cfg.per_example
-    )
+    return retrieves_per_example(demos_cfg) or demos_cfg.per_example
 
 
 def retrieves_per_example(demos_cfg) -> bool:
