@@ -313,7 +313,10 @@ def plot_selection(table: pd.DataFrame, out: Path) -> Path:
     tasks = sorted(table["task"].unique())
     rows = list(table[["model", "format"]].drop_duplicates().itertuples(index=False))
     fig, axes = plt.subplots(
-        len(rows), len(tasks), figsize=(4.4 * len(tasks), 3.4 * len(rows)), squeeze=False
+        len(rows),
+        len(tasks),
+        figsize=(max(4.4 * len(tasks), 6.5), 3.4 * len(rows)),
+        squeeze=False,
     )
     for r, (model, fmt) in enumerate(rows):
         for c, task in enumerate(tasks):
@@ -329,7 +332,7 @@ def plot_selection(table: pd.DataFrame, out: Path) -> Path:
             ks = sorted(frame["k"].unique()) or [0]
             _percent_against_k(ax, ks, "accuracy (%)", f"{task}: {model}, {fmt}", legend_size=6)
     fig.suptitle(
-        "which demonstrations: random, kNN (MiniLM) and BM25, gold (solid) and random (dashed) "
+        "which demonstrations: random, kNN (MiniLM), BM25\ngold (solid) and random (dashed) "
         "labels, 95% CI",
         fontsize=10,
     )
