@@ -26,7 +26,7 @@ def selection_table(runs: pd.DataFrame, examples=None, metric: str = "accuracy")
     each model and format (k=0) repeated on every line, so each line starts from them."""
     frame = with_defaults(runs)
     keys = [*LINE_KEYS, "k"]
-    table = frame.groupby(keys, dropna=False)[metric].agg(["mean", "count"]).reset_index()
+    table = frame.groupby(keys, dropna=False)[metric].agg(["mean", "std", "count"]).reset_index()
     table = table.rename(columns={"count": "n_seeds"})
     if examples is not None:
         found = effects.cell_intervals(frame, examples, keys, [metric])
