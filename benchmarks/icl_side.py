@@ -35,6 +35,8 @@ __all__ = [
     "prefix_attention",
     "random_language_model",
     "render_prefix",
+    "retrieval_plan",
+    "retrieval_prompts",
     "render_prompt",
     "resolve_engine",
     "score",
@@ -77,11 +79,43 @@ def random_language_model(name: str, model, max_length: int, device) -> Language
     )
 
 
-def score(lm, requests, engine: str, batch_size, want_query: bool):
-    """icl.lm.score_requests with no memo: every call computes every request."""
+def score(lm, requests, engine: str, batch_size, want_query: bool, merge: bool = False):
+    """icl.lm.score_requests with no memo: every call computes every request (``merge``: the
+    per-example prompts' grouping, as a retrieval cell scores them)."""
     return _score_requests(
-        lm, requests, engine=engine, batch_size=batch_size, want_query=want_query, progress=False
-    )
+        lm, requests, engine=engine, batch_size=batch_size, want_query=want_query, progress=False,
+        merge=merge,
+    )  # fmt: skip
+
+
+def retrieval_plan(overrides: list[str]):
+    """icl's plan of a cell composed from icl-run overrides (e.g. demos.selection=knn): its
+    test examples and each one's retrieved demonstrations, before any model loads."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from icl.cli import conf_dir, setup
+    from icl.plan import plan_cell
+
+    setup()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = OmegaConf.to_object(compose("config", overrides=["eval.progress=false", *overrides]))
+    return plan_cell(cfg)
+
+
+def retrieval_prompts(lm, plan):
+    """The requests the score method builds for the plan's examples (each with its own
+    demonstrations), and each example's prompt text (the context lm-eval scores)."""
+    options = option_tokens(lm, plan.template)
+    built = [
+        build_prompt(lm, plan.template, d.pairs, ex.fields, options)
+        for d, ex in zip(plan.demos, plan.test)
+    ]
+    assert all(p.n_dropped == 0 for p in built), "every prompt fits the context"
+    texts = [
+        render_prompt(plan.template, d.pairs, ex.fields) for d, ex in zip(plan.demos, plan.test)
+    ]
+    return [p.request for p in built], texts
 
 
 def icl_prompts(lm, template, shown: list[tuple[dict, str]], queries: list[dict]):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from icl.identity import LIST_FIELDS, SEED_FIELD, group_columns
+from icl.identity import DEFAULTS_LEFT_OUT, LIST_FIELDS, SEED_FIELD, group_columns
 from icl.results import (
     CONFIG_FILE,
     LOCK_FILE,
@@ -87,6 +87,11 @@ def collect_runs(root: Path) -> pd.DataFrame:
     if not rows:
         raise FileNotFoundError(f"no {METRICS_FILE} under {root}: nothing has finished there yet")
     frame = pd.DataFrame(rows)
+    # a setting left out of metrics.json at its default (selection, order, format) reads as
+    # that default wherever other runs here set it
+    for column, default in DEFAULTS_LEFT_OUT.items():
+        if column in frame:
+            frame[column] = frame[column].fillna(default)
     sort_by = [c for c in ["task", "model", "template", "labels", "k", SEED_FIELD] if c in frame]
     return frame.sort_values(sort_by).reset_index(drop=True)
 

@@ -116,6 +116,18 @@ class DemosConfig:
     per_example: bool = False
     # the k demonstrations are the first k of the 2k ones for the same seed
     nested: bool = True
+    # which pool examples: random (the seeded draw above) | knn (nearest by sentence
+    # embedding) | knn_diverse (nearest, made diverse by maximal marginal relevance) | bm25
+    # (lexical); retrieval chooses per test example (icl/retrieval/)
+    selection: str = "random"
+    # their order in the prompt: pool (as the selection gives them: random's draw; retrieval
+    # nearest last) | similar_last | similar_first | random (seeded) | by_label (gold class)
+    order: str = "pool"
+    # knn_diverse: the weight of similarity to the input against similarity to the ones
+    # already chosen (1.0 is plain knn)
+    diversity_lambda: float = 0.5
+    # the text fields retrieval compares (null: all of the task's text_fields), e.g. [hypothesis]
+    retrieve_by: list[str] | None = None
     # labels=ood_inputs: the task whose texts replace the demonstration inputs; each task's
     # default is conf/ood/<task>.yaml, another corpus is chosen with corpus@demos.ood_task=NAME
     ood_task: TaskConfig | None = None
@@ -206,6 +218,9 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     # the template name; null takes the task's default_template
     template: str | None = None
+    # how a prompt is laid out: plain (text, demo_sep between demonstrations) | chat (the
+    # tokenizer's chat template: each demonstration a user and an assistant turn; icl/chat.py)
+    format: str = "plain"
     # label words (one per class, in class order) in place of the template's own, e.g. for
     # the label-word study of Gao et al. 2021: label_words=[terrible,great]
     label_words: list[Any] | None = None

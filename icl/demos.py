@@ -18,6 +18,8 @@ from icl.errors import ICLError, unknown_name
 
 # independent random streams under one seed
 ORDER_STREAM, LABEL_STREAM, MAPPING_STREAM, CORRECT_STREAM, OOD_STREAM, WORDS_STREAM = range(6)
+# demos.order=random (icl.retrieval.order): a stream of its own, so the draws above stay
+SHUFFLE_STREAM = 6
 
 # settings that change what a demonstration shows, not which class it carries (gold)
 FORMAT_SETTINGS = ("ood_inputs", "random_words", "no_labels", "labels_only")
@@ -57,6 +59,8 @@ class DemoSet:
     shown: list[int]
     # the inputs shown instead of the pool's (ood_inputs), one field dict per demonstration
     inputs: list[dict[str, str]] | None = None
+    # each one's similarity to the test input (retrieval, or a similarity order), else None
+    scores: list[float] | None = None
 
     @property
     def share_correct(self) -> float:
@@ -207,6 +211,37 @@ def choose_demos(pool_labels, n_classes: int, demos_cfg, example_index: int | No
     return DemoSet(indices=indices, gold=gold, shown=shown[: demos_cfg.k])
 
 
+def ranked_demo_set(
+    ranked: list[int], scores, pool_labels, n_classes: int, demos_cfg, example_index: int, shares
+) -> DemoSet:
+    """A retrieved DemoSet (``ranked``: pool indices, best first): the label setting draws
+    along the ranking from the example's own streams, as choose_demos does along its draw."""
+    stream = [example_index + 1]
+    if not demos_cfg.nested:
+        stream.append(demos_cfg.k)
+    gold = [int(pool_labels[i]) for i in ranked]
+    shown = shown_labels(gold, demos_cfg.labels, n_classes, demos_cfg.seed, stream, shares)
+    return DemoSet(indices=list(ranked), gold=gold, shown=shown, scores=scores)
+
+
+def reordered(demo_set: DemoSet, positions: list[int], scores=None) -> DemoSet:
+    """The same demonstrations (with their labels) in the order ``positions`` gives; with
+    ``scores``, each one's similarity (in the set's current order) is recorded too."""
+    scores = demo_set.scores if scores is None else scores
+
+    def pick(values):
+        return None if values is None else [values[p] for p in positions]
+
+    return dataclasses.replace(
+        demo_set,
+        indices=pick(demo_set.indices),
+        gold=pick(demo_set.gold),
+        shown=pick(demo_set.shown),
+        inputs=pick(demo_set.inputs),
+        scores=pick(scores),
+    )
+
+
 def similar_length_texts(targets: list[str], corpus: list[str], rng) -> list[str]:
     """For each target in turn, an unused corpus text of the closest length (ties at random).
 
@@ -261,6 +296,8 @@ class Demonstrations:
     gold_words: list[str]
     # the share of demonstrations shown with their gold class (nan with none)
     share_correct: float
+    # each one's similarity to the test input, in prompt order (None: not computed)
+    scores: list[float] | None = None
 
 
 def show(demo_set: DemoSet, pool, setting: str, words) -> Demonstrations:
@@ -276,6 +313,7 @@ def show(demo_set: DemoSet, pool, setting: str, words) -> Demonstrations:
         pairs=pairs,
         gold_words=[words[c] for c in demo_set.gold],
         share_correct=demo_set.share_correct,
+        scores=demo_set.scores,
     )
 
 

@@ -18,10 +18,14 @@ from icl.collect import SCORED_RULE, rule_runs
 from icl.demos import CHART_ORDER
 from icl.errors import ICLError, unknown_name
 from icl.identity import SEED_FIELD, VERSION_FIELDS, group_columns
+from icl.retrieval import RETRIEVALS
 from icl.scoring import SCORING_RULES
 
 # demonstration columns: they change nothing at k=0, where no demonstration is shown
-DEMO_COLUMNS = ("labels", "sampling", "per_example", "nested", "ood_corpus")
+DEMO_COLUMNS = (
+    "labels", "sampling", "per_example", "nested", "ood_corpus", "selection", "order",
+    "diversity_lambda", "retrieve_by",
+)  # fmt: skip
 # identity columns never compared: the seed pairs the cells; the rest change the test examples
 NOT_COMPARED = (SEED_FIELD, "task", "n_test", "eval_seed", *VERSION_FIELDS)
 EFFECT_COLUMNS = ["n_seeds", "n_examples", "difference", "ci_low", "ci_high", "p"]
@@ -50,12 +54,13 @@ def comparable_columns(runs: pd.DataFrame) -> list[str]:
 
 def value_pairs(column: str, values: list) -> list[tuple]:
     """The (A, B) pairs compared, A - B: numbers each against the smallest (k against k=0,
-    larger first); label settings in chart order (gold before random), rules in registry
-    order, anything else alphabetically, every pair."""
+    larger first); retrievals before random selection, label settings in chart order (gold
+    before random), rules in registry order, anything else alphabetically, every pair."""
     if all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values):
         ordered = sorted(values, reverse=True)
         return [(v, ordered[-1]) for v in ordered[:-1]]
-    rank = {name: i for i, name in enumerate([*CHART_ORDER, *SCORING_RULES])}
+    # retrievals before random selection, so their effects read retrieval - random
+    rank = {name: i for i, name in enumerate([*RETRIEVALS, *CHART_ORDER, *SCORING_RULES])}
     ordered = sorted(values, key=lambda v: (rank.get(v, len(rank)), str(v)))
     return [(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1 :]]
 

@@ -23,11 +23,19 @@ LATER_KEYS = {
 
 
 METHOD_SPECIFIC = "method_specific"
+# a setting added after runs were written: None (not written) at its default, so cells that
+# use the default keep the keys they always had; the metadata holds the default's name
+DEFAULT_VALUE = "default_value"
 
 
 def _method_specific():
     """A field only some methods set (None elsewhere, and then not written)."""
     return field(default=None, metadata={METHOD_SPECIFIC: True})
+
+
+def _unless_default(default: str):
+    """A field written only when its setting is not ``default`` (None stands for it)."""
+    return field(default=None, metadata={DEFAULT_VALUE: default})
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,8 @@ class CellIdentity:
     task: str | None = None
     template: str | None = None
     label_words: str | None = None
+    # format=chat: the prompt laid out by the tokenizer's chat template (plain: not written)
+    format: str | None = _unless_default("plain")
     model: str | None = None
     k: int | None = None
     labels: str | None = None
@@ -46,6 +56,11 @@ class CellIdentity:
     per_example: bool | None = None
     nested: bool | None = None
     ood_corpus: str | None = None
+    # which demonstrations and in what order (random selection, pool order: not written)
+    selection: str | None = _unless_default("random")
+    order: str | None = _unless_default("pool")
+    diversity_lambda: float | None = _method_specific()  # knn_diverse only
+    retrieve_by: str | None = _method_specific()  # retrieval by some text fields only
     n_test: int | None = None
     eval_seed: int | None = None
     engine: str | None = None  # resolved, so a resumed sweep runs what it recorded
@@ -70,18 +85,34 @@ class CellIdentity:
 
     def to_dict(self) -> dict:
         """The identity as metrics.json keys, in field order; a method-specific field that is
-        None is left out, so one method's files carry no other method's keys."""
+        None is left out, so one method's files carry no other method's keys, and so is a
+        later setting at its default."""
         return {
             f.name: copy.copy(getattr(self, f.name))
             for f in dataclasses.fields(self)
-            if not (f.metadata.get(METHOD_SPECIFIC) and getattr(self, f.name) is None)
+            if not (_omitted_when_none(f) and getattr(self, f.name) is None)
         }
 
     def matches(self, stored: dict) -> bool:
         """Whether a metrics.json (of any harness version's keys) names this cell."""
+        mine = self.to_dict()
+        # a later setting left out at its default must be left out (or default) there too
+        defaults = {k: v for k, v in DEFAULTS_LEFT_OUT.items() if k not in mine}
         return all(
-            stored.get(key, LATER_KEYS.get(key)) == value for key, value in self.to_dict().items()
-        )
+            stored.get(key, LATER_KEYS.get(key)) == value for key, value in mine.items()
+        ) and all(stored.get(key, default) == default for key, default in defaults.items())
+
+
+def _omitted_when_none(f) -> bool:
+    return bool(f.metadata.get(METHOD_SPECIFIC)) or DEFAULT_VALUE in f.metadata
+
+
+# the later settings not written at their default: column -> the default's name
+DEFAULTS_LEFT_OUT = {
+    f.name: f.metadata[DEFAULT_VALUE]
+    for f in dataclasses.fields(CellIdentity)
+    if DEFAULT_VALUE in f.metadata
+}
 
 
 def group_columns(*inserted: str) -> list[str]:

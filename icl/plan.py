@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 import icl
-from icl import templates
+from icl import chat, retrieval, templates
 from icl.config import ModelConfig, RunConfig, TemplateConfig
 from icl.data import Example, cached_pools, check_n_test, resolve_n_test, sample_test
 from icl.demos import (
@@ -32,7 +32,7 @@ from icl.errors import ICLError, unknown_name
 from icl.identity import CellIdentity
 from icl.lm.batching import check_batch_size
 from icl.lm.engines import ENGINE_CHOICES, resolve_engine
-from icl.lm.loading import resolve_device
+from icl.lm.loading import load_tokenizer, resolve_device
 from icl.scoring import check_rules, requested_rules
 
 
@@ -48,6 +48,9 @@ class ScoringPlan:
     premise: str
     kshot_perplexity: bool
     progress: bool
+    # prompts built per example (retrieval, similarity orders): requests whose prefix no other
+    # has are scored together after the prefix they all share (icl.lm.grouping)
+    merge_prefixes: bool = False
 
     @property
     def rule(self) -> str:
@@ -77,6 +80,8 @@ class CellPlan:
     scoring: ScoringPlan
     # what running on changed (rows dropped, ...): recorded in metrics.json and logged
     warnings: tuple[str, ...] = ()
+    # how prompts are laid out: plain text or the tokenizer's chat template (icl.chat)
+    format: str = chat.PLAIN
 
 
 def require(cfg: RunConfig, method: str, *parts: str) -> None:
@@ -101,6 +106,7 @@ def cell_identity(cfg: RunConfig, method: str) -> CellIdentity:
         task=cfg.task.name,
         template=name,
         label_words="/".join(map(str, cfg.label_words)) if cfg.label_words else None,
+        format=None if cfg.format == chat.PLAIN else cfg.format,
         model=cfg.model.name,
         k=cfg.demos.k,
         labels=cfg.demos.labels,
@@ -109,6 +115,12 @@ def cell_identity(cfg: RunConfig, method: str) -> CellIdentity:
         per_example=cfg.demos.per_example,
         nested=cfg.demos.nested,
         ood_corpus=ood_corpus_name(cfg),
+        selection=None if cfg.demos.selection == "random" else cfg.demos.selection,
+        order=None if cfg.demos.order == "pool" else cfg.demos.order,
+        diversity_lambda=cfg.demos.diversity_lambda
+        if cfg.demos.selection == "knn_diverse"
+        else None,
+        retrieve_by="/".join(cfg.demos.retrieve_by) if cfg.demos.retrieve_by else None,
         n_test=cfg.eval.n_test,
         eval_seed=cfg.eval.seed,
         engine=resolve_engine(cfg.scoring.engine, device),
@@ -134,12 +146,15 @@ def plan_cell(
     check_n_test(cfg.eval.n_test)
     identity = identity or cell_identity(cfg, method)
     template = resolved_template(cfg, identity.template)
+    chat.check_format(cfg.format, cfg.demos.labels)
+    if cfg.format == chat.CHAT:
+        chat.check_chat_template(load_tokenizer(cfg.model), cfg.model.name)
     scoring = scoring_plan(cfg, identity, template)
     pools = cached_pools(cfg.task)
     n_test = resolve_n_test(cfg.eval.n_test, len(pools.test), cfg.task.name)
     test = sample_test(pools.test, n_test, cfg.eval.seed)
     names = list(cfg.task.label_names)
-    demo_sets = chosen_demo_sets(cfg, pools.demos, len(test))
+    demo_sets = chosen_demo_sets(cfg, pools.demos, test)
     return CellPlan(
         identity=identity,
         model=cfg.model,
@@ -157,6 +172,7 @@ def plan_cell(
         else None,
         scoring=scoring,
         warnings=pools.warnings,
+        format=cfg.format,
     )
 
 
@@ -204,22 +220,31 @@ def scoring_plan(cfg: RunConfig, identity: CellIdentity, template) -> ScoringPla
         premise=premise,
         kshot_perplexity=cfg.eval.kshot_perplexity,
         progress=cfg.eval.progress,
+        merge_prefixes=cfg.demos.k > 0 and retrieval.retrieves_per_example(cfg.demos),
     )
 
 
-def chosen_demo_sets(cfg: RunConfig, pool, n_test: int) -> list[DemoSet]:
-    """Each test example's demonstration set (one shared set unless per_example)."""
-    n_classes = len(cfg.task.label_names)
+def chosen_demo_sets(cfg: RunConfig, pool, test) -> list[DemoSet]:
+    """Each test example's demonstration set: one shared random set, a fresh random set per
+    example (per_example), or the example's own retrieved set; then in the configured order."""
+    n_classes, n_test = len(cfg.task.label_names), len(test)
     pool_labels = [ex.label for ex in pool]
     check_demo_request(pool_labels, n_classes, cfg.demos)
+    fields = retrieval.check_selection(cfg.demos, cfg.task.text_fields)
     corpus_task = ood_corpus_task(cfg)
-    if cfg.demos.per_example:
+    if cfg.demos.selection != "random":
+        demo_sets = [DemoSet([], [], [])] * n_test  # drawn by retrieval below
+    elif cfg.demos.per_example:
         demo_sets = [choose_demos(pool_labels, n_classes, cfg.demos, i) for i in range(n_test)]
     else:
         demo_sets = [choose_demos(pool_labels, n_classes, cfg.demos)] * n_test
+    if cfg.demos.selection != "random" or cfg.demos.order != "pool":
+        demo_sets = retrieval.demo_sets(cfg.demos, pool, test, fields, n_classes, demo_sets)
     if corpus_task is not None:
         corpus = corpus_texts(corpus_task)
-        demo_sets = with_ood_inputs(demo_sets, pool, corpus, cfg.demos.seed, cfg.demos.per_example)
+        demo_sets = with_ood_inputs(
+            demo_sets, pool, corpus, cfg.demos.seed, retrieval.per_example(cfg.demos)
+        )
     return demo_sets
 
 

@@ -295,3 +295,45 @@ def plot_decoding(table: pd.DataFrame, out: Path) -> Path:
             _percent_against_k(ax, sorted(frame["k"].unique()), ylabel, task, legend_size=6)
     fig.suptitle("free generation: valid answers and accuracy against k, by decoder", fontsize=10)
     return _save(fig, out)
+
+
+SELECTION_COLOURS = {
+    "random": "#7f7f7f",
+    "knn": "#1f77b4",
+    "knn_diverse": "#17becf",
+    "bm25": "#ff7f0e",
+}
+LABEL_STYLES = {"gold": "-", "random": "--"}
+
+
+def plot_selection(table: pd.DataFrame, out: Path) -> Path:
+    """Accuracy against k, a column per task and a row per model and format; a colour per
+    demonstration selection, solid for gold labels and dashed for random ones, with 95%
+    intervals; every line starts at the zero-shot accuracy (k=0)."""
+    tasks = sorted(table["task"].unique())
+    rows = list(table[["model", "format"]].drop_duplicates().itertuples(index=False))
+    fig, axes = plt.subplots(
+        len(rows),
+        len(tasks),
+        figsize=(max(4.4 * len(tasks), 6.5), 3.4 * len(rows)),
+        squeeze=False,
+    )
+    for r, (model, fmt) in enumerate(rows):
+        for c, task in enumerate(tasks):
+            ax = axes[r][c]
+            frame = _rows_of(table, {"task": task, "model": model, "format": fmt})
+            for (labels, selection), line in frame.groupby(["labels", "selection"], sort=False):
+                line = line.sort_values("k")
+                ax.errorbar(
+                    line["k"], line["mean"] * 100, yerr=error_bars(line), capsize=2, ms=3,
+                    marker="o", ls=LABEL_STYLES.get(labels, ":"),
+                    color=SELECTION_COLOURS.get(selection), label=f"{selection}, {labels}",
+                )  # fmt: skip
+            ks = sorted(frame["k"].unique()) or [0]
+            _percent_against_k(ax, ks, "accuracy (%)", f"{task}: {model}, {fmt}", legend_size=6)
+    fig.suptitle(
+        "which demonstrations: random, kNN (MiniLM), BM25\ngold (solid) and random (dashed) "
+        "labels, 95% CI",
+        fontsize=10,
+    )
+    return _save(fig, out)

@@ -3,15 +3,17 @@ scoring rules score (content-free inputs, the domain premise, channel order).
 
 Every prompt is tokenized as one string and cut where its parts end, so the tokens at a seam are
 the ones the model sees in running text; demonstrations are dropped from the front until the
-prompt fits the model's context. Everything here is a function of resolved values: a template,
-the demonstrations as shown (``icl.demos.Demonstrations.pairs``), texts and a tokenizer.
+prompt fits the model's context. ``fmt`` is the prompt format: ``plain`` text, or ``chat``
+(``icl.chat``: the tokenizer's chat template, the label word as the assistant's reply).
+Everything here is a function of resolved values: a template, the demonstrations as shown
+(``icl.demos.Demonstrations.pairs``), texts and a tokenizer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from icl import templates
+from icl import chat, templates
 from icl.errors import ICLError
 from icl.lm import LanguageModel, ScoreRequest
 from icl.scoring import perplexity
@@ -23,10 +25,12 @@ class Prompt:
     n_dropped: int
 
 
-def option_tokens(lm: LanguageModel, template) -> tuple[tuple[int, ...], ...]:
-    """Each class's label word as tokens, with the separator the template implies."""
+def option_tokens(lm: LanguageModel, template, fmt: str = chat.PLAIN):
+    """Each class's label word as tokens, with the separator the template implies (in chat
+    format the word alone: it opens the assistant's reply)."""
     options = tuple(
-        tuple(lm.encode(templates.render_answer(template, w))) for w in template.label_words
+        tuple(lm.encode(w if fmt == chat.CHAT else templates.render_answer(template, w)))
+        for w in template.label_words
     )
     if len(set(options)) < len(options):
         raise ICLError(
@@ -73,21 +77,31 @@ def fitted(lm, make_request, demos: list, start: int = 0, what: str = "a prompt"
     )
 
 
-def build_prompt(lm, template, demos, query_fields: dict, options, what="a prompt") -> Prompt:
+def build_prompt(
+    lm, template, demos, query_fields: dict, options, what="a prompt", fmt: str = chat.PLAIN
+) -> Prompt:
     """Token pieces of one prompt (``demos``: the (fields, word) pairs shown), dropping the
     earliest demonstrations until it fits."""
     query_text = templates.render_input(template, query_fields)
     request, dropped = fitted(
         lm,
-        lambda kept: prompt_request(lm, template, kept, query_text, options),
+        lambda kept: prompt_request(lm, template, kept, query_text, options, fmt),
         list(demos),
         what=what,
     )
     return Prompt(request, dropped)
 
 
-def prompt_request(lm, template, demos, query_text: str, options) -> ScoreRequest:
-    """The prompt tokenized as one string; the prefix is what the demonstration block covers."""
+def prompt_request(lm, template, demos, query_text: str, options, fmt=chat.PLAIN):
+    """The prompt tokenized as one string; the prefix is what the demonstration block covers.
+
+    In chat format the template's own text holds any BOS it wants; the query is the test
+    input's user turn and the opening of the assistant's reply.
+    """
+    if fmt == chat.CHAT:
+        shown, whole = chat.prompt_texts(lm.tokenizer, template, demos, query_text)
+        prefix_ids, query_ids = lm.encode_split(shown, whole[len(shown) :])
+        return ScoreRequest(tuple(prefix_ids), tuple(query_ids), options)
     prefix_ids, query_ids = lm.encode_split(templates.render_prefix(template, demos), query_text)
     return ScoreRequest(tuple(lm.bos + prefix_ids), tuple(query_ids), options)
 
@@ -99,13 +113,18 @@ def prompt_perplexity(result) -> float:
     )
 
 
-def channel_request(lm, template, demos, word: str, fields: dict) -> ScoreRequest:
+def channel_request(lm, template, demos, word: str, fields: dict, fmt=chat.PLAIN):
     """Demonstrations in channel order, then the label word; the option scored is the input."""
-    prefix_text = templates.render_channel_prefix(template, demos)
-    label_text = templates.render_channel_label(template, word)
     input_text = templates.render_channel_input(template, fields)
+    if fmt == chat.CHAT:
+        prefix_text, head = chat.channel_texts(lm.tokenizer, template, demos, word)
+        bos = []
+    else:
+        prefix_text = templates.render_channel_prefix(template, demos)
+        head = prefix_text + templates.render_channel_label(template, word)
+        bos = lm.bos
     # one tokenization of the whole string, cut where the demonstrations and the label end
-    prefix_ids, _ = lm.encode_split(prefix_text, label_text + input_text)
-    head_ids, input_ids = lm.encode_split(prefix_text + label_text, input_text)
+    prefix_ids, _ = lm.encode_split(prefix_text, head[len(prefix_text) :] + input_text)
+    head_ids, input_ids = lm.encode_split(head, input_text)
     query_ids = head_ids[len(prefix_ids) :]
-    return ScoreRequest(tuple(lm.bos + prefix_ids), tuple(query_ids), (tuple(input_ids),))
+    return ScoreRequest(tuple(bos + prefix_ids), tuple(query_ids), (tuple(input_ids),))

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from icl.scoring import PASSES
 
 # keys present only in some rows: written when set, read as None when absent
-OPTIONAL_KEYS = ("predictions_by_rule",)
+OPTIONAL_KEYS = ("demo_scores", "predictions_by_rule")
 
 
 @dataclass
@@ -24,6 +24,8 @@ class PredictionRow:
     # what each demonstration showed as its label (None: no label shown), and its gold word
     demo_label_words: list[str | None]
     demo_gold_words: list[str]
+    # each demonstration's similarity to the input (retrieval, similarity orders), else None
+    demo_scores: list[float] | None = field(default=None, kw_only=True)
     n_demos_dropped: int
     # per class: the label word's summed and per-token-mean log-prob, and each token's
     option_logprob: dict[str, float]

@@ -34,7 +34,9 @@ def _same_for_every_example(texts: Callable[[CellPlan], list[str]]):
 
     def makers(lm, plan: CellPlan, options) -> list[list]:
         same = [
-            partial(prompt_request, lm, plan.template, query_text=t, options=options)
+            partial(
+                prompt_request, lm, plan.template, query_text=t, options=options, fmt=plan.format
+            )
             for t in texts(plan)
         ]
         return [same] * len(plan.test)
@@ -46,7 +48,10 @@ def _channel_makers(lm, plan: CellPlan, options) -> list[list]:
     """One request per class: the example's own input scored after the label word."""
     words = plan.template.label_words
     return [
-        [partial(channel_request, lm, plan.template, word=w, fields=ex.fields) for w in words]
+        [
+            partial(channel_request, lm, plan.template, word=w, fields=ex.fields, fmt=plan.format)
+            for w in words
+        ]
         for ex in plan.test
     ]
 

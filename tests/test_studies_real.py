@@ -33,3 +33,24 @@ def test_quick_study_runs_to_its_tables_and_figures(name, tmp_path):
     assert {m["model"] for m in metrics} == {"smollm2-135m"}
     for file in files:
         assert (out / file).stat().st_size > 100, file
+
+
+@pytest.mark.slow
+def test_quick_selection_study_retrieves_and_chats_with_smollm2_and_gemma(tmp_path):
+    out = tmp_path / "selection"
+    ok(run_script("icl-study", "selection", "--quick", "--dir", str(out), cwd=tmp_path,
+                  timeout=2400))  # fmt: skip
+    metrics = [json.loads(p.read_text()) for p in out.rglob("metrics.json")]
+    # SmolLM2: 2 formats x 3 selections x 2 label settings, and k=0 in each format; Gemma-3:
+    # plain only (no chat template), 3 x 2, and k=0
+    assert len(metrics) == 12 + 2 + 6 + 1
+    assert {(m["model"], m.get("format", "plain")) for m in metrics} == {
+        ("smollm2-135m", "plain"),
+        ("smollm2-135m", "chat"),
+        ("gemma3-270m", "plain"),
+    }
+    rows = [json.loads(line) for p in out.rglob("predictions.jsonl")
+            if "selection=knn" in str(p) for line in p.read_text().splitlines()]  # fmt: skip
+    assert rows and all(len(r["demo_scores"]) == len(r["demo_ids"]) == 4 for r in rows)
+    for file in ("selection_accuracy.md", "selection_accuracy.png", "effects.md"):
+        assert (out / file).stat().st_size > 100, file

@@ -15,8 +15,6 @@ CPU, SmolLM2 at k=16: 1.4-1.7x ``prefix``; at k=32: 2.4x), and ``prefix`` elsewh
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import torch
 from tqdm.auto import tqdm
 
@@ -30,6 +28,7 @@ from icl.lm.batching import (
     run_rows,
 )
 from icl.lm.forward import encode_prefix, to_device
+from icl.lm.grouping import prefix_groups
 from icl.lm.requests import ScoreRequest, ScoreResult, empty_results
 
 ENGINES = ("prefix", "prefix_shared", "naive")
@@ -53,11 +52,16 @@ def shared_query_start(queries) -> int:
     return n
 
 
-def _sink_into(results):
-    """Where each read's log-prob goes: a query's NLL, or one token of one option."""
+def _sink_into(results, moved=None):
+    """Where each read's log-prob goes: a query's NLL, or one token of one option; a merged
+    request's leading query tokens (``moved``) were its prefix's, so they go to its prefix."""
+    moved = moved or {}
 
     def sink(key, value):
-        if key[0] == "q":
+        if key[0] == "q" and key[2] < moved.get(key[1], 0):
+            results[key[1]].prefix_nll -= value
+            results[key[1]].prefix_count += 1
+        elif key[0] == "q":
             results[key[1]].query_nll -= value
             results[key[1]].query_count += 1
         else:
@@ -84,18 +88,25 @@ def _credit_encoded_prefix(results, indices, encoded, moved, want_query: bool, s
 
 @torch.inference_mode()
 def score_prefix_reuse(
-    lm, requests, batch_size, want_query: bool, progress: bool, attention: str = "copy"
+    lm,
+    requests,
+    batch_size,
+    want_query: bool,
+    progress: bool,
+    attention: str = "copy",
+    merge: bool = False,
 ):
-    """Encode each distinct prefix once and score its examples' suffixes over its cache."""
+    """Encode each distinct prefix once and score its examples' suffixes over its cache
+    (with ``merge``, requests of unshared prefixes after the prefix they all share)."""
     results = empty_results(requests)
-    sink = _sink_into(results)
-    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for i, req in enumerate(requests):
-        groups[req.prefix].append(i)
+    groups, requests = prefix_groups(requests, merge)
+    sink = _sink_into(results, {i: n for g in groups for i, n in g.moved.items()})
     auto = batch_size == AUTO
     bar = tqdm(total=len(requests), desc="scoring", unit="ex", disable=not progress)
-    for prefix, indices in groups.items():
-        shared = shared_query_start([requests[i].query for i in indices])
+    for group in groups:
+        prefix, indices = group.prefix, group.indices
+        # a merged group's queries open with their own prefixes: no start to share
+        shared = 0 if group.moved else shared_query_start([requests[i].query for i in indices])
         start = requests[indices[0]].query[:shared]
         encoded = encode_prefix(lm.model, prefix, start, lm.device, want_query)
         # the group's requests with the shared start moved from the query into the prefix
@@ -169,13 +180,15 @@ def resolve_engine(engine: str, device) -> str:
     return "prefix_shared" if torch.device(device).type in FUSED_DEVICES else "prefix"
 
 
-def compute(lm, requests, engine: str, batch_size, want_query: bool, progress: bool):
+def compute(
+    lm, requests, engine: str, batch_size, want_query: bool, progress: bool, merge: bool = False
+):
     """Run one engine over requests, every one computed (no memo)."""
     if engine == "naive":  # a batch holds one request's options
         size = CPU_BATCH_SIZE if batch_size == AUTO else batch_size
         return score_naive(lm, requests, size, want_query, progress)
     attention = "shared" if engine == "prefix_shared" else "copy"
-    return score_prefix_reuse(lm, requests, batch_size, want_query, progress, attention)
+    return score_prefix_reuse(lm, requests, batch_size, want_query, progress, attention, merge)
 
 
 def score_requests(
@@ -186,11 +199,13 @@ def score_requests(
     want_query: bool = True,
     progress: bool = False,
     memo=None,
+    merge: bool = False,
 ) -> list[ScoreResult]:
     """Option log-probs (and prompt NLLs) for each request, by the chosen engine.
 
     With a ``memo`` (``icl.lm.scorer.ScoreMemo``), requests it already holds for this model,
     engine and ``want_query`` are not computed again; without one, every request is computed.
+    ``merge``: requests whose prefix no other has run together (``icl.lm.grouping``).
     """
     if any(not req.query for req in requests):
         raise ValueError("every request needs a non-empty query")
@@ -199,10 +214,11 @@ def score_requests(
         raise unknown_name("scoring engine", engine, ENGINE_CHOICES)
     batch_size = check_batch_size(batch_size)
     if memo is None:
-        return compute(lm, list(requests), engine, batch_size, want_query, progress)
+        return compute(lm, list(requests), engine, batch_size, want_query, progress, merge)
     known = memo.view(lm, engine, want_query)
     todo = list(dict.fromkeys(req for req in requests if req not in known))
     if todo:
-        for req, result in zip(todo, compute(lm, todo, engine, batch_size, want_query, progress)):
+        computed = compute(lm, todo, engine, batch_size, want_query, progress, merge)
+        for req, result in zip(todo, computed):
             known[req] = result
     return [known[req].copy() for req in requests]

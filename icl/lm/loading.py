@@ -232,9 +232,20 @@ def load_model_and_tokenizer(cfg, dtype: torch.dtype):
     return load_gguf(cfg, dtype)
 
 
+_TOKENIZERS: dict[str, object] = {}
+
+
 def load_tokenizer(cfg):
-    """The tokenizer a ModelConfig names, without its weights: cheap enough to check a model
-    pair's tokenizers before either model loads."""
+    """The tokenizer a ModelConfig names, without its weights: cheap enough for checks before a
+    model loads (a draft model's tokenizer, format=chat's chat template); kept per model for
+    the process."""
+    key = model_fingerprint(cfg)
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = _read_tokenizer(cfg)
+    return _TOKENIZERS[key]
+
+
+def _read_tokenizer(cfg):
     from transformers import AutoTokenizer
 
     check_source(cfg)

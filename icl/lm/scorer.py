@@ -39,9 +39,12 @@ class Scorer:
     engine: str
     batch_size: int | str
     memo: ScoreMemo | None = None
+    # per-example prompts: score the requests of unshared prefixes together (icl.lm.grouping)
+    merge_prefixes: bool = False
 
     def score(self, requests, want_query: bool = False, progress: bool = False):
         """Each request's ScoreResult (the prompt's NLL too with ``want_query``)."""
         return score_requests(
-            self.lm, requests, self.engine, self.batch_size, want_query, progress, self.memo
-        )
+            self.lm, requests, self.engine, self.batch_size, want_query, progress, self.memo,
+            merge=self.merge_prefixes,
+        )  # fmt: skip

@@ -7,8 +7,16 @@ import torch
 TINY_ARCHS = ("llama", "gemma3", "gemma2")
 
 
+# a ChatML-like chat template in plain text, so format=chat runs on the tiny models too
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
 def byte_tokenizer():
-    """A byte-level tokenizer with no merges: every UTF-8 byte is one token, BOS added."""
+    """A byte-level tokenizer with no merges: every UTF-8 byte is one token, BOS added; its
+    chat template is ``TINY_CHAT_TEMPLATE``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -22,9 +30,11 @@ def byte_tokenizer():
     backend.post_processor = processors.TemplateProcessing(
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", 0)]
     )
-    return PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
     )
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    return tokenizer
 
 
 def tiny_config(arch: str, vocab_size: int, sliding_window: int = 8):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from icl import chat
 from icl.answers import MATCHES, answer_text, match_class, stops
 from icl.config import DecodingConfig, ModelConfig, RunConfig
 from icl.errors import ICLError, unknown_name
@@ -37,9 +38,9 @@ from icl.lm.loading import load_tokenizer, same_tokenizer
 from icl.lm.sampling import Sampler
 from icl.methods import CellOutput, Method, register
 from icl.methods.generate_rows import GenerationRow, generation_metrics, majority
-from icl.methods.score import scorer_for
+from icl.methods.score import cell_prompts, scorer_for
 from icl.plan import CellPlan, cell_identity, plan_cell, require
-from icl.prompts import build_prompt, option_tokens
+from icl.prompts import option_tokens
 from icl.rule_passes import rule_inputs, rule_predictions
 from icl.scoring import option_scores
 
@@ -168,12 +169,17 @@ class Decoder:
     demo_sep: str  # an answer ends at a newline or this separator
     lm: object
     draft: object | None = None
+    # format=chat: an answer also ends where the chat template closes the assistant's turn
+    end_of_turn: str | None = None
     progress: bool = False
 
     def stop(self, tokens: list[int]) -> bool:
         eos = self.lm.tokenizer.eos_token_id
-        text = self.lm.tokenizer.decode(tokens, skip_special_tokens=True)
-        return tokens[-1] == eos or stops(text, self.demo_sep)
+        if tokens[-1] == eos:
+            return True
+        if self.end_of_turn and self.end_of_turn in self.lm.tokenizer.decode(tokens):
+            return True
+        return stops(self.lm.tokenizer.decode(tokens, skip_special_tokens=True), self.demo_sep)
 
     @property
     def batch_size(self) -> int:
@@ -244,14 +250,14 @@ def run(plan: GeneratePlan, models) -> CellOutput:
     cell = plan.cell
     scorer = scorer_for(cell, models)
     lm = scorer.lm
-    options = option_tokens(lm, cell.template)
-    prompts = [
-        build_prompt(lm, cell.template, demos.pairs, ex.fields, options, f"example {ex.id}")
-        for demos, ex in zip(cell.demos, cell.test)
-    ]
+    options = option_tokens(lm, cell.template, cell.format)
+    prompts = cell_prompts(lm, cell, options)
     scoring = scoring_predictions(scorer, cell, prompts, options)
+    turn_end = chat.end_of_turn(lm.tokenizer) if cell.format == chat.CHAT else None
     draft = load_draft(plan, models, lm)
-    decoder = Decoder(plan.decoding, cell.template.demo_sep, lm, draft, cell.scoring.progress)
+    decoder = Decoder(
+        plan.decoding, cell.template.demo_sep, lm, draft, turn_end, cell.scoring.progress
+    )
     started = time.perf_counter()
     decoded = decode_all(decoder, [p.request for p in prompts])
     generation_s = time.perf_counter() - started
@@ -306,6 +312,8 @@ def generation_row(plan, lm, example, demos, prompt, answers, scoring_name) -> G
     generations, classes = [], []
     for decoded in answers:
         text = lm.tokenizer.decode(decoded.tokens, skip_special_tokens=True)
+        if cell.format == chat.CHAT:  # the reply ends at the template's end of turn
+            text = text.split(chat.end_of_turn(lm.tokenizer))[0]
         answer = answer_text(text, cell.template.demo_sep)
         found = match_class(answer, cell.template.label_words, plan.match)
         classes.append(found)
@@ -324,6 +332,7 @@ def generation_row(plan, lm, example, demos, prompt, answers, scoring_name) -> G
         demo_ids=demos.ids[kept],
         demo_label_words=[word for _, word in demos.pairs][kept],
         demo_gold_words=demos.gold_words[kept],
+        demo_scores=None if demos.scores is None else demos.scores[kept],
         n_demos_dropped=prompt.n_dropped,
         generations=generations,
         prediction=generations[0]["class"],

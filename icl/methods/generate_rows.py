@@ -23,6 +23,8 @@ class GenerationRow:
     demo_label_words: list[str | None]
     demo_gold_words: list[str]
     n_demos_dropped: int
+    # each demonstration's similarity to the input (retrieval, similarity orders): written then
+    demo_scores: list[float] | None = None
     # one per answer drawn: {"text", "answer", "tokens", "class" (a class name or None), "valid"}
     generations: list[dict] = field(default_factory=list)
     # the first answer's class (None: not a label word), and the majority over valid answers
@@ -45,7 +47,10 @@ class GenerationRow:
     )
 
     def to_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if out["demo_scores"] is None:  # rows without retrieval keep their keys
+            del out["demo_scores"]
+        return out
 
     @classmethod
     def from_json(cls, row: dict) -> GenerationRow:

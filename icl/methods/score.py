@@ -46,19 +46,18 @@ SUMMARY_METRICS = (
 def scorer_for(plan: CellPlan, models) -> Scorer:
     """The plan's model with its engine, batch size and the store's memo."""
     lm = models.get(plan.model)
-    return Scorer(lm, plan.scoring.engine, plan.scoring.batch_size, models.memo)
+    return Scorer(
+        lm, plan.scoring.engine, plan.scoring.batch_size, models.memo, plan.scoring.merge_prefixes
+    )
 
 
 def run(plan: CellPlan, models) -> CellOutput:
     """Score the plan's prompts, run the rules' extra passes, and build rows and metrics."""
     scorer = scorer_for(plan, models)
     lm = scorer.lm
-    options = option_tokens(lm, plan.template)
+    options = option_tokens(lm, plan.template, plan.format)
     check_option_prefixes(lm, plan.template.label_words, options, plan.scoring.rules)
-    prompts = [
-        build_prompt(lm, plan.template, demos.pairs, ex.fields, options, f"example {ex.id}")
-        for demos, ex in zip(plan.demos, plan.test)
-    ]
+    prompts = cell_prompts(lm, plan, options)
     # with no demonstrations the scored prompt is the zero-shot prompt: one pass gives both
     zero_shot = all(not demos.ids for demos in plan.demos)
     started = time.perf_counter()
@@ -80,6 +79,16 @@ def run(plan: CellPlan, models) -> CellOutput:
         examples_per_s=len(rows) / scoring_s if scoring_s else None,
     )
     return CellOutput(rows, metrics)
+
+
+def cell_prompts(lm, plan: CellPlan, options) -> list:
+    """Each test example's prompt after its demonstrations, in the plan's format."""
+    return [
+        build_prompt(
+            lm, plan.template, demos.pairs, ex.fields, options, f"example {ex.id}", plan.format
+        )
+        for demos, ex in zip(plan.demos, plan.test)
+    ]
 
 
 def non_finite(value) -> bool:
@@ -113,7 +122,12 @@ def zero_shot_perplexities(scorer: Scorer, plan: CellPlan) -> list[float]:
     """
     requests = [
         prompt_request(
-            scorer.lm, plan.template, [], templates.render_input(plan.template, ex.fields), ()
+            scorer.lm,
+            plan.template,
+            [],
+            templates.render_input(plan.template, ex.fields),
+            (),
+            plan.format,
         )
         for ex in plan.test
     ]
@@ -136,6 +150,7 @@ def prediction_rows(plan: CellPlan, prompts, scored, zero_ppl, inputs) -> list[P
             demo_ids=demos.ids[kept],
             demo_label_words=[word for _, word in demos.pairs][kept],
             demo_gold_words=demos.gold_words[kept],
+            demo_scores=None if demos.scores is None else demos.scores[kept],
             n_demos_dropped=prompt.n_dropped,
             option_logprob=dict(zip(names, scores.sums)),
             option_logprob_mean=dict(zip(names, scores.means)),

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from icl.errors import unknown_name
 
 LOCAL_TASKS = ("sst2", "rotten_tomatoes", "agnews", "rte", "cb")
+# the zero-shot cells a study compares its k-shot cells with
+ZERO_SHOT = ("demos.k=0", "demos.labels=gold", "demos.seed=1", "demos.selection=random")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,15 @@ STUDIES = {
     "shots_curve": Study("shots_curve", reports=("shots",)),
     "scoring_rules": Study("scoring_rules", reports=("rules",)),
     "decoding": Study("decoding", reports=("decoding",)),
+    "selection": Study(
+        "selection",
+        extra_sweeps=(
+            ZERO_SHOT,
+            ("model=gemma3-270m", "format=plain"),
+            ("model=gemma3-270m", "format=plain", *ZERO_SHOT),
+        ),
+        reports=("selection",),
+    ),
 }
 QUICK_TASKS = {"template_sweep": ("sst2", "cb")}
 

@@ -22,6 +22,7 @@ from icl.demos import ABLATION_SETTINGS, NO_DEMOS
 from icl.errors import ICLError, unknown_name
 from icl.methods import summary_metrics
 from icl.results import write_text_atomic
+from icl.studies import selection as selection_
 from icl.studies import tables as tables_
 
 METRIC_NAMES = {"accuracy": "accuracy (%)", "macro_f1": "macro-F1 (%)"}
@@ -232,6 +233,21 @@ def decoding_figures(root: Path, runs: pd.DataFrame, metric: str, out=None) -> l
     return [plots.plot_decoding(tables_.decoding_table(runs), root / "decoding.png")]
 
 
+def selection_tables(root: Path, runs: pd.DataFrame) -> str:
+    """Accuracy per selection, label setting, format and k, with 95% intervals."""
+    table = selection_.selection_table(runs, collect_examples(root, runs))
+    _write_table(root, "selection", table, index=False)
+    text = selection_.selection_text(table)
+    return "accuracy (%), mean over seeds [95% CI]\n\n" + _write_table(
+        root, "selection_accuracy", text
+    )
+
+
+def selection_figures(root: Path, runs: pd.DataFrame, metric: str, out=None) -> list[Path]:
+    table = selection_.selection_table(runs, collect_examples(root, runs), metric)
+    return [plots.plot_selection(table, root / f"selection_{metric}.png")]
+
+
 # each report kind: its tables (root, runs) -> Markdown, its figures (root, runs, metric, out)
 REPORT_KINDS = {
     "curve": (curve_tables, curve_figures),
@@ -241,6 +257,7 @@ REPORT_KINDS = {
     "shots": (shots_tables, shots_figures),
     "rules": (rules_tables, rules_figures),
     "decoding": (decoding_tables, decoding_figures),
+    "selection": (selection_tables, selection_figures),
 }
 REPORTS = tuple(REPORT_KINDS)
 
