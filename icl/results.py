@@ -28,19 +28,24 @@ CONFIG_FILE = "config.yaml"
 LOCK_FILE = ".icl.lock"
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write beside the target and rename over it, so a reader never sees half a file."""
+def write_atomic(path: Path, write, binary: bool = False) -> None:
+    """``write(handle)`` into a file beside the target, then rename it over the target, so a
+    reader never sees half a file and a failed write leaves none."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb" if binary else "w") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_atomic(path, lambda handle: handle.write(text))
 
 
 def write_predictions(out_dir: Path, rows) -> None:

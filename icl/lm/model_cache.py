@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from icl.results import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 # A load compares sizes and times (a stat per file); only a file whose times moved is hashed
@@ -43,10 +45,7 @@ def file_stats(path: Path) -> dict:
 
 
 def write_manifest(folder: Path, files: dict[str, dict]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{MANIFEST}.")
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"files": files}, handle, indent=1)
-    os.replace(tmp, folder / MANIFEST)
+    write_text_atomic(folder / MANIFEST, json.dumps({"files": files}, indent=1))
 
 
 def record_files(folder: Path) -> None:

@@ -17,12 +17,12 @@ import importlib.metadata
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from icl import results
 from icl.data import package_file
 from icl.errors import ICLError
 
@@ -91,18 +91,8 @@ def texts_digest(texts: list[str]) -> str:
 
 
 def save_atomic(path: Path, array: np.ndarray) -> None:
-    """Write beside the target and rename over it: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """The array as a .npy file, written whole or not at all."""
+    results.write_atomic(path, lambda handle: np.save(handle, array), binary=True)
 
 
 def read_cached(path: Path, n: int) -> np.ndarray | None:
