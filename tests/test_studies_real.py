@@ -10,13 +10,13 @@ from test_cli import ok, run_script
 # study: (cells its quick form runs, files its report writes)
 QUICK = {
     "min2022_labels": (
-        2 * 11 * 2 + 2,
+        11 * 2 + 1,
         ["labels_macro_f1.md", "labels_gold_vs_random.png", "labels_ablations.png",
          "labels_correct_share.png"],
     ),
     "template_sweep": (13 + 12, ["perplexity_correlation.md", "templates_perplexity.png"]),
     "label_words": (5 * 2 * 2, ["label_words.md", "label_words.png"]),
-    "shots_curve": (11 * 2 * 2, ["shots.md", "early_ascent.md", "shots_accuracy.png"]),
+    "shots_curve": (4 * 2 * 2, ["shots.md", "early_ascent.md", "shots_accuracy.png"]),
     "decoding": (2 * 2, ["decoding.md", "decoding_valid_accuracy.md", "decoding.png"]),
 }  # fmt: skip
 
