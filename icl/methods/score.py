@@ -61,12 +61,14 @@ def run(plan: CellPlan, models) -> CellOutput:
     # with no demonstrations the scored prompt is the zero-shot prompt: one pass gives both
     zero_shot = all(not demos.ids for demos in plan.demos)
     started = time.perf_counter()
-    want_query = plan.scoring.kshot_perplexity or zero_shot
+    want_query = query_nll_needed(plan.scoring, zero_shot)
     scored = scorer.score([p.request for p in prompts], want_query, plan.scoring.progress)
     dropped = [p.n_dropped for p in prompts]
     inputs = rule_inputs(scorer, plan, dropped, options, plan.scoring.rules)
     scoring_s = time.perf_counter() - started
-    if zero_shot:
+    if not plan.scoring.zero_shot_perplexity:
+        zero_ppl = [None] * len(prompts)
+    elif zero_shot:
         zero_ppl = [prompt_perplexity(r) for r in scored]
     else:
         zero_ppl = zero_shot_perplexities(scorer, plan)
@@ -79,6 +81,13 @@ def run(plan: CellPlan, models) -> CellOutput:
         examples_per_s=len(rows) / scoring_s if scoring_s else None,
     )
     return CellOutput(rows, metrics)
+
+
+def query_nll_needed(scoring, zero_shot: bool) -> bool:
+    """Whether the scoring pass reads the query's NLL (a full-vocabulary head at every query
+    token, where the options alone need the last position's): for the k-shot perplexity, and
+    at k=0 for the zero-shot one."""
+    return scoring.kshot_perplexity or (zero_shot and scoring.zero_shot_perplexity)
 
 
 def cell_prompts(lm, plan: CellPlan, options) -> list:
@@ -178,7 +187,11 @@ def cell_metrics(plan: CellPlan, rows: list[PredictionRow]) -> dict:
     shown_correct = [d.share_correct for d in plan.demos if d.ids]
     metrics["share_demo_labels_correct"] = float(np.mean(shown_correct)) if shown_correct else None
     metrics["mean_demos_dropped"] = float(np.mean([r.n_demos_dropped for r in rows]))
-    metrics["zero_shot_perplexity"] = float(np.mean([r.zero_shot_perplexity for r in rows]))
+    metrics["zero_shot_perplexity"] = (
+        float(np.mean([r.zero_shot_perplexity for r in rows]))
+        if plan.scoring.zero_shot_perplexity
+        else None
+    )
     if plan.scoring.kshot_perplexity:
         metrics["kshot_perplexity"] = float(np.mean([r.kshot_perplexity for r in rows]))
     # the words the options were scored by (the template's, an override, or random words)
@@ -199,6 +212,18 @@ def identity(cfg):
     return cell_identity(cfg, NAME)
 
 
+# the perplexities a cell computes only when asked (eval.<switch>): not part of its identity,
+# so a cell run without one is the same cell, but a resume that asks for it runs it again
+PERPLEXITY_SWITCHES = ("zero_shot_perplexity", "kshot_perplexity")
+
+
+def missing(cfg, stored: dict) -> list[str]:
+    """The perplexities the config asks for that a finished run of the cell did not compute."""
+    return [
+        name for name in PERPLEXITY_SWITCHES if getattr(cfg.eval, name) and stored.get(name) is None
+    ]
+
+
 def describe(metrics: dict) -> str:
     return (
         f"{metrics['task']} k={metrics['k']} labels={metrics['labels']} seed={metrics['seed']}: "
@@ -215,5 +240,6 @@ METHOD = register(
         row_type=PredictionRow,
         summary_metrics=SUMMARY_METRICS,
         describe=describe,
+        missing=missing,
     )
 )
