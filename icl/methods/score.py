@@ -16,6 +16,8 @@ import numpy as np
 from icl import templates
 from icl.errors import ICLError
 from icl.lm import Scorer
+from icl.lm.requests import ScoreStats
+from icl.lm.score_cache import process_cache
 from icl.methods import CellOutput, Method, register
 from icl.metrics import accuracy, classification_metrics
 from icl.plan import CellPlan, cell_identity, plan_cell, require
@@ -44,10 +46,15 @@ SUMMARY_METRICS = (
 
 
 def scorer_for(plan: CellPlan, models) -> Scorer:
-    """The plan's model with its engine, batch size and the store's memo."""
+    """The plan's model with its engine, batch size, the store's memo and the score cache."""
     lm = models.get(plan.model)
     return Scorer(
-        lm, plan.scoring.engine, plan.scoring.batch_size, models.memo, plan.scoring.merge_prefixes
+        lm,
+        plan.scoring.engine,
+        plan.scoring.batch_size,
+        models.memo,
+        plan.scoring.merge_prefixes,
+        cache=process_cache() if plan.scoring.cache else None,
     )
 
 
@@ -62,25 +69,42 @@ def run(plan: CellPlan, models) -> CellOutput:
     zero_shot = all(not demos.ids for demos in plan.demos)
     started = time.perf_counter()
     want_query = query_nll_needed(plan.scoring, zero_shot)
-    scored = scorer.score([p.request for p in prompts], want_query, plan.scoring.progress)
+    # at k=0 nothing depends on demonstrations: the cache keeps the scores for other processes
+    stats = ScoreStats()
+    requests = [p.request for p in prompts]
+    scored = scorer.score(requests, want_query, plan.scoring.progress, zero_shot, stats)
     dropped = [p.n_dropped for p in prompts]
-    inputs = rule_inputs(scorer, plan, dropped, options, plan.scoring.rules)
+    inputs = rule_inputs(scorer, plan, dropped, options, plan.scoring.rules, persist=zero_shot)
     scoring_s = time.perf_counter() - started
+    zero_stats = ScoreStats()
     if not plan.scoring.zero_shot_perplexity:
         zero_ppl = [None] * len(prompts)
     elif zero_shot:
         zero_ppl = [prompt_perplexity(r) for r in scored]
     else:
-        zero_ppl = zero_shot_perplexities(scorer, plan)
+        zero_ppl = zero_shot_perplexities(scorer, plan, zero_stats)
+    zero_s = time.perf_counter() - started - scoring_s
     rows = prediction_rows(plan, prompts, scored, zero_ppl, inputs)
     check_finite(rows, lm.name)
     metrics = cell_metrics(plan, rows)
-    metrics.update(
-        device=str(lm.device),
-        scoring_s=scoring_s,
-        examples_per_s=len(rows) / scoring_s if scoring_s else None,
-    )
+    metrics.update(device=str(lm.device), **work_metrics(stats, scoring_s, zero_stats, zero_s))
     return CellOutput(rows, metrics)
+
+
+def work_metrics(stats: ScoreStats, scoring_s: float, zero: ScoreStats, zero_s: float) -> dict:
+    """Computed against served work: a memo or cache hit costs nothing, so the rate counts the
+    examples computed only (None when every one was served)."""
+    return {
+        "scoring_s": scoring_s,
+        "examples_scored": stats.computed,
+        "examples_from_memo": stats.from_memo,
+        "examples_from_cache": stats.from_cache,
+        "examples_per_s": stats.computed / scoring_s if stats.computed and scoring_s else None,
+        "zero_shot_perplexity_s": zero_s,
+        "zero_shot_computed": zero.computed,
+        "zero_shot_from_memo": zero.from_memo,
+        "zero_shot_from_cache": zero.from_cache,
+    }
 
 
 def query_nll_needed(scoring, zero_shot: bool) -> bool:
@@ -124,10 +148,11 @@ def check_finite(rows: list[PredictionRow], model_name: str) -> None:
             )
 
 
-def zero_shot_perplexities(scorer: Scorer, plan: CellPlan) -> list[float]:
+def zero_shot_perplexities(scorer: Scorer, plan: CellPlan, stats=None) -> list[float]:
     """Perplexity of each zero-shot prompt (instruction, template and input; no label).
 
-    The memo runs each one once per process, however many cells need it.
+    The memo runs each one once per process, however many cells need it; the score cache
+    once for every process that uses it.
     """
     requests = [
         prompt_request(
@@ -140,7 +165,9 @@ def zero_shot_perplexities(scorer: Scorer, plan: CellPlan) -> list[float]:
         )
         for ex in plan.test
     ]
-    return [prompt_perplexity(r) for r in scorer.score(requests, want_query=True)]
+    progress = plan.scoring.progress
+    scored = scorer.score(requests, True, progress, persist=True, stats=stats)
+    return [prompt_perplexity(r) for r in scored]
 
 
 def prediction_rows(plan: CellPlan, prompts, scored, zero_ppl, inputs) -> list[PredictionRow]:
