@@ -109,3 +109,23 @@ def test_template_table_copes_with_runs_without_perplexity():
     assert table["zero_shot_perplexity"].isna().sum() == 1
     stats = tables.perplexity_correlations(table, n_lowest=1)
     assert stats.loc[0, "n_templates"] == 3
+
+
+def test_k0_with_perplexity_off_reads_no_query_position(tmp_path, monkeypatch):
+    """The vocabulary head runs at the options' positions only: no query token is read."""
+    from icl.lm import batching, engines
+
+    read: list[str] = []
+
+    def recording(requests, indices, want_query):
+        rows = batching.build_rows(requests, indices, want_query)
+        read.extend(key[0] for row in rows for _, _, key in row.reads)
+        return rows
+
+    monkeypatch.setattr(engines, "build_rows", recording)
+    off = ("demos.k=0", "eval.kshot_perplexity=false", "eval.zero_shot_perplexity=false")
+    run_cell(run_config(*SMALL, *off, "eval.cache=false", out_dir=tmp_path / "off"))
+    assert read and set(read) == {"o"}
+    read.clear()
+    run_cell(run_config(*SMALL, "demos.k=0", "eval.cache=false", out_dir=tmp_path / "on"))
+    assert "q" in read
