@@ -124,8 +124,11 @@ def test_k0_with_perplexity_off_reads_no_query_position(tmp_path, monkeypatch):
 
     monkeypatch.setattr(engines, "build_rows", recording)
     off = ("demos.k=0", "eval.kshot_perplexity=false", "eval.zero_shot_perplexity=false")
-    run_cell(run_config(*SMALL, *off, "eval.cache=false", out_dir=tmp_path / "off"))
+    # stores of their own: the process's memo may hold these prompts from another test
+    cfg = run_config(*SMALL, *off, "eval.cache=false", out_dir=tmp_path / "off")
+    run_cell(cfg, load_model=CountingLoader())
     assert read and set(read) == {"o"}
     read.clear()
-    run_cell(run_config(*SMALL, "demos.k=0", "eval.cache=false", out_dir=tmp_path / "on"))
+    cfg = run_config(*SMALL, "demos.k=0", "eval.cache=false", out_dir=tmp_path / "on")
+    run_cell(cfg, load_model=CountingLoader())
     assert "q" in read

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import sqlite3
 
 import pytest
 from helpers import CountingLoader, run_config, tiny_lm
@@ -142,3 +143,19 @@ def test_entries_are_keyed_by_model_and_engine(tmp_path, key):
     model, engine = ("other", "e") if key == "model" else ("m", "other")
     assert cache.get(model, engine, True, [request(1)]) == {}
     assert cache.get("m", "e", False, [request(1)]) == {}
+
+
+def test_a_locked_cache_turns_itself_off_and_keeps_the_file(tmp_path, monkeypatch, caplog):
+    path = tmp_path / "scores.sqlite"
+    ScoreCache(path).put("m", "e", True, {request(1): result(1)})
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+    monkeypatch.setattr(score_cache, "BUSY_TIMEOUT_S", 0.1)
+    cache = ScoreCache(path)
+    with caplog.at_level(logging.WARNING, logger="icl.lm.score_cache"):
+        cache.put("m", "e", True, {request(2): result(2)})
+    assert cache.disabled and "scoring without it" in caplog.text
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert not list(tmp_path.glob("*.corrupt-*"))
+    assert ScoreCache(path).get("m", "e", True, [request(1)]) == {request(1): result(1)}

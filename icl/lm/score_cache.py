@@ -136,7 +136,9 @@ class ScoreCache:
         if self._conn is None:
             try:
                 self._conn = self._open()
-            except sqlite3.DatabaseError as err:
+            except sqlite3.OperationalError:
+                raise  # locked past the timeout, unwritable: not the file's fault
+            except sqlite3.DatabaseError as err:  # not a database, malformed
                 self._set_aside(err)
                 self._conn = self._open()
         return self._conn
