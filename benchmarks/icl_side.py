@@ -16,7 +16,7 @@ from icl.data import default_data_dir
 from icl.lm import LanguageModel, ScoreRequest, load_language_model, prefix_attention
 from icl.lm import score_requests as _score_requests
 from icl.lm.engines import ENGINES, resolve_engine, shared_query_start
-from icl.lm.loading import cache_key, cache_root, gguf_path
+from icl.lm.loading import cache_key, cache_root, gguf_path, load_tokenizer, tokenizer_adds_bos
 from icl.prompts import build_prompt, option_tokens
 from icl.templates import render_prefix, render_prompt
 
@@ -24,6 +24,7 @@ __all__ = [
     "ENGINES",
     "LOGGER",
     "ScoreRequest",
+    "adds_bos",
     "compiled_manual_attention",
     "default_data_dir",
     "greedy_answers",
@@ -64,6 +65,11 @@ def template_config(input: str, label_words, answer_sep: str, demo_sep: str) -> 
 def model_folder(cfg: ModelConfig) -> Path:
     """The float folder icl's loader dequantises a GGUF model into (and reads it from)."""
     return cache_root() / cache_key(cfg, gguf_path(cfg))
+
+
+def adds_bos(cfg: ModelConfig) -> bool:
+    """Whether icl prepends BOS for this model (its tokenizer's own behaviour, tested)."""
+    return tokenizer_adds_bos(load_tokenizer(cfg))
 
 
 def random_language_model(name: str, model, max_length: int, device) -> LanguageModel:

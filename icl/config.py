@@ -144,6 +144,13 @@ class EvalConfig:
     batch_size: Any = "auto"
     # the perplexity of the whole k-shot prompt costs a full-vocabulary pass over each query
     kshot_perplexity: bool = True
+    # the perplexity of each zero-shot prompt (template and input, no demonstrations): a pass of
+    # its own at k>0 (at k=0 the scoring pass gives it, at the cost of full-vocabulary logits
+    # at every query token); off, rows and metrics hold null for it
+    zero_shot_perplexity: bool = True
+    # keep what does not depend on the demonstrations (zero-shot perplexities, k=0 option
+    # scores) in the score cache across processes (icl/lm/score_cache.py); false bypasses it
+    cache: bool = True
     progress: bool = True
 
 

@@ -47,7 +47,10 @@ class ScoringPlan:
     content_free_texts: list[str]
     premise: str
     kshot_perplexity: bool
+    zero_shot_perplexity: bool
     progress: bool
+    # the cross-process score cache for what does not depend on the demonstrations
+    cache: bool = True
     # prompts built per example (retrieval, similarity orders): requests whose prefix no other
     # has are scored together after the prefix they all share (icl.lm.grouping)
     merge_prefixes: bool = False
@@ -219,7 +222,9 @@ def scoring_plan(cfg: RunConfig, identity: CellIdentity, template) -> ScoringPla
         content_free_texts=content_free,
         premise=premise,
         kshot_perplexity=cfg.eval.kshot_perplexity,
+        zero_shot_perplexity=cfg.eval.zero_shot_perplexity,
         progress=cfg.eval.progress,
+        cache=cfg.eval.cache,
         merge_prefixes=cfg.demos.k > 0 and retrieval.retrieves_per_example(cfg.demos),
     )
 

@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from icl.errors import ICLError  # noqa: E402
+
 LABEL_COLOURS = {"gold": "#1b9e77", "random": "#d95f02", "permuted": "#7570b3"}
 RULE_COLOURS = {
     "direct": "#1f77b4",
@@ -189,7 +191,14 @@ def plot_correct_percent(table: pd.DataFrame, zero: pd.DataFrame, out: Path, yla
 
 def plot_perplexity_scatter(table: pd.DataFrame, stats: pd.DataFrame, out: Path, n_lowest=3):
     """Accuracy against mean prompt perplexity, a panel per task, a point per template; the
-    lowest-perplexity templates are ringed, Spearman's rho and p in the title."""
+    lowest-perplexity templates are ringed, Spearman's rho and p in the title; templates with
+    no perplexity (eval.zero_shot_perplexity=false) are left out."""
+    table = table[table["zero_shot_perplexity"].notna()]
+    if table.empty:
+        raise ICLError(
+            "no template run holds a zero-shot perplexity (eval.zero_shot_perplexity=false); "
+            "rerun the sweep with eval.zero_shot_perplexity=true"
+        )
     panels = list(table.groupby(["task", "model"], sort=True))
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)

@@ -37,7 +37,7 @@ class PredictionRow:
     gold_index: int
     correct: bool
     prompt_tokens: int
-    zero_shot_perplexity: float
+    zero_shot_perplexity: float | None  # None: eval.zero_shot_perplexity=false
     kshot_perplexity: float | None
     # every rule computed: rule -> predicted class name (None in runs from before scoring.rules)
     predictions_by_rule: dict[str, str] | None = None

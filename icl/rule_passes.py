@@ -91,13 +91,16 @@ def pass_requests(lm, plan: CellPlan, dropped: list[int], options, name: str) ->
     return per_example
 
 
-def rule_inputs(scorer, plan: CellPlan, dropped: list[int], options, rules) -> list[dict]:
-    """Run the extra passes the rules need; per example, pass name -> per-class numbers."""
+def rule_inputs(
+    scorer, plan: CellPlan, dropped: list[int], options, rules, persist: bool = False
+) -> list[dict]:
+    """Run the extra passes the rules need; per example, pass name -> per-class numbers
+    (``persist``: their requests hold no demonstrations, so the score cache may keep them)."""
     found: dict[str, list] = {}
     for name in passes_needed(rules):
         per_example = pass_requests(scorer.lm, plan, dropped, options, name)
         flat = [request for requests in per_example for request in requests]
-        scored = iter(scorer.score(flat))
+        scored = iter(scorer.score(flat, persist=persist))
         sums = [[option_scores(next(scored).option_logprobs).sums for _ in r] for r in per_example]
         found[name] = [RUNNERS[name].reduce(s) for s in sums]
     return [{name: values[i] for name, values in found.items()} for i in range(len(plan.test))]

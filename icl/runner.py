@@ -38,8 +38,11 @@ def run_cell(cfg: RunConfig, load_model=None) -> dict:
 def _run_locked(cfg: RunConfig, method, cell, out_dir: Path, load_model) -> dict:
     state = results.folder_state(out_dir, cell)
     if state.finished is not None and not cfg.overwrite:
-        log.info("skipping finished cell %s (overwrite=true reruns it)", out_dir)
-        return state.finished
+        missing = method.missing(cfg, state.finished)
+        if not missing:
+            log.info("skipping finished cell %s (overwrite=true reruns it)", out_dir)
+            return state.finished
+        log.info("rerunning finished cell %s: it holds no %s", out_dir, ", ".join(missing))
     if state.other is not None and not cfg.overwrite:
         raise results.other_cell_error(out_dir, cell, state.other)
     started = time.perf_counter()

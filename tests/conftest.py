@@ -28,3 +28,10 @@ settings.load_profile("icl")
 def compose():
     """compose(*overrides): the config icl-run would get, after icl.cli.setup() (see helpers)."""
     return compose_config
+
+
+@pytest.fixture(autouse=True)
+def _own_score_cache(tmp_path_factory, monkeypatch):
+    """Each test its own cross-process score cache: no test reads another's (or a user's)
+    scores, and a test that counts forward passes counts them all."""
+    monkeypatch.setenv("ICL_SCORE_CACHE_DIR", str(tmp_path_factory.mktemp("score-cache")))

@@ -51,6 +51,12 @@ def parser() -> argparse.ArgumentParser:
         default=0,
         help="score only the first N examples with the slow naive engine (0: all)",
     )
+    p.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="run only the end-to-end comparison (icl-run and lm-eval as subprocesses at two "
+        "sizes; benchmarks/end_to_end.py) and write its section of the results file",
+    )
     add_table_flags(p)
     add_worker_flags(p)
     return p
@@ -102,6 +108,10 @@ def main(argv=None) -> None:
     args = parser().parse_args(argv)
     if args.worker:
         write_json(args.result, worker(args.worker)(args))
+    elif args.end_to_end:
+        from benchmarks.end_to_end import main as end_to_end
+
+        end_to_end(["--batch-size", str(args.batch_size), "--out", args.out])
     else:
         from benchmarks.vs_lm_eval.parent import parent  # loads icl; workers import their own
 

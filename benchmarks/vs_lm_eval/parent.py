@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import icl_side
+from benchmarks import end_to_end, icl_side
 from benchmarks.vs_lm_eval.compare import accuracy, compare
 from benchmarks.vs_lm_eval.lm_eval_side import write_task_files
 from benchmarks.vs_lm_eval.machine import machine_info
@@ -172,6 +172,9 @@ def parent(args) -> None:
     text = report(args, info, r)
     print(text)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # the end-to-end section (benchmarks/end_to_end.py) is its own run's: keep it
+        kept = end_to_end.kept_section(out.read_text()) if out.exists() else None
+        out.write_text(end_to_end.with_section(text, kept) if kept else text)
         log(f"wrote {args.out}")

@@ -5,6 +5,7 @@ the widest rows measures what fits free device memory, halved again on out-of-me
 from __future__ import annotations
 
 import logging
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import torch
@@ -54,6 +55,57 @@ def build_rows(requests, indices, want_query: bool) -> list[Row]:
     return list(rows.values())
 
 
+class RowProgress:
+    """Moves a progress bar as examples' rows are computed, never waiting for the device.
+
+    On CPU a batch is computed when it returns, so the bar moves after each one. On CUDA a
+    returned batch is only queued: an event recorded after it is polled (``query()`` does not
+    block), and the bar moves when the device has passed it.
+    """
+
+    def __init__(self, bar, device) -> None:
+        self.bar = bar
+        self.cuda = torch.device(device).type == "cuda"
+        self.pending: deque = deque()
+        self.left: Counter = Counter()
+        self.shown = 0  # examples of the current group the bar has counted
+
+    def start(self, rows: list[Row]) -> None:
+        """A new prefix group: how many rows each of its examples waits for."""
+        self.left = Counter(i for row in rows if row.reads for i in examples_of(row))
+        self.shown = 0
+
+    def batch_done(self, batch: list[Row]) -> None:
+        finished = 0
+        for row in batch:
+            for i in examples_of(row):
+                self.left[i] -= 1
+                finished += self.left[i] == 0
+        if not self.cuda:
+            self._advance(finished)
+            return
+        event = torch.cuda.Event()
+        event.record()
+        self.pending.append((event, finished))
+        while self.pending and self.pending[0][0].query():
+            self._advance(self.pending.popleft()[1])
+
+    def finish(self, n_examples: int) -> None:
+        """The group's results are on the host: the rest of its examples are done."""
+        self.pending.clear()
+        self._advance(n_examples - self.shown)
+
+    def _advance(self, n: int) -> None:
+        if n > 0:
+            self.shown += n
+            self.bar.update(n)
+
+
+def examples_of(row: Row) -> set[int]:
+    """The examples a row reads for (a merged row serves several)."""
+    return {key[1] for _, _, key in row.reads}
+
+
 def run_batch(model, batch: list[Row], cache, prefix_len: int, device, attention: str):
     """The reads of one batch of rows: their keys and their log-probs, still on the device."""
     width = max(len(r.tokens) for r in batch)
@@ -85,12 +137,14 @@ def run_rows(
     sink,
     attention: str = "copy",
     shrink: bool = False,
+    progress: RowProgress | None = None,
 ) -> int:
     """Forward rows in length-sorted batches over the (optional) prefix cache.
 
     The log-probs stay on the device until every batch is queued, so the host prepares the
     next batch while the device runs this one. With ``shrink``, a batch that runs out of
-    device memory is halved and retried. Returns the batch size that worked.
+    device memory is halved and retried. ``progress`` hears of each batch. Returns the batch
+    size that worked.
     """
     order = sorted((r for r in rows if r.reads), key=lambda r: len(r.tokens))
     done: list[tuple[list, torch.Tensor]] = []
@@ -104,6 +158,8 @@ def run_rows(
                 raise
         else:
             start += len(batch)
+            if progress is not None:
+                progress.batch_done(batch)
             continue
         batch_size //= 2  # outside the handler, so the failed batch's tensors are released
         log.warning("out of device memory: retrying with batch_size=%d", batch_size)

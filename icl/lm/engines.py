@@ -22,6 +22,7 @@ from icl.errors import unknown_name
 from icl.lm.batching import (
     AUTO,
     CPU_BATCH_SIZE,
+    RowProgress,
     auto_batch_size,
     build_rows,
     check_batch_size,
@@ -29,7 +30,8 @@ from icl.lm.batching import (
 )
 from icl.lm.forward import encode_prefix, to_device
 from icl.lm.grouping import prefix_groups
-from icl.lm.requests import ScoreRequest, ScoreResult, empty_results
+from icl.lm.requests import ScoreRequest, ScoreResult, ScoreStats, empty_results
+from icl.lm.score_cache import model_key as cache_model_key
 
 ENGINES = ("prefix", "prefix_shared", "naive")
 # what scoring.engine accepts: an engine, or auto (resolved for the device)
@@ -103,6 +105,7 @@ def score_prefix_reuse(
     sink = _sink_into(results, {i: n for g in groups for i, n in g.moved.items()})
     auto = batch_size == AUTO
     bar = tqdm(total=len(requests), desc="scoring", unit="ex", disable=not progress)
+    tracker = RowProgress(bar, lm.device)
     for group in groups:
         prefix, indices = group.prefix, group.indices
         # a merged group's queries open with their own prefixes: no start to share
@@ -121,10 +124,12 @@ def score_prefix_reuse(
             batch_size = auto_batch_size(
                 lm.model, rows, encoded.cache, length, lm.device, attention
             )
+        tracker.start(rows)
         batch_size = run_rows(
-            lm.model, rows, encoded.cache, length, batch_size, lm.device, sink, attention, auto
-        )
-        bar.update(len(indices))
+            lm.model, rows, encoded.cache, length, batch_size, lm.device, sink, attention, auto,
+            tracker,
+        )  # fmt: skip
+        tracker.finish(len(indices))
     bar.close()
     return results
 
@@ -200,12 +205,16 @@ def score_requests(
     progress: bool = False,
     memo=None,
     merge: bool = False,
+    cache=None,
+    stats: ScoreStats | None = None,
 ) -> list[ScoreResult]:
     """Option log-probs (and prompt NLLs) for each request, by the chosen engine.
 
     With a ``memo`` (``icl.lm.scorer.ScoreMemo``), requests it already holds for this model,
-    engine and ``want_query`` are not computed again; without one, every request is computed.
-    ``merge``: requests whose prefix no other has run together (``icl.lm.grouping``).
+    engine and ``want_query`` are not computed again; with a ``cache``
+    (``icl.lm.score_cache.ScoreCache``), neither are those an earlier process stored, and what
+    is computed is stored there. ``merge``: requests whose prefix no other has run together
+    (``icl.lm.grouping``). ``stats`` counts the requests computed, and served by each store.
     """
     if any(not req.query for req in requests):
         raise ValueError("every request needs a non-empty query")
@@ -213,12 +222,24 @@ def score_requests(
     if engine not in ENGINES:
         raise unknown_name("scoring engine", engine, ENGINE_CHOICES)
     batch_size = check_batch_size(batch_size)
-    if memo is None:
+    stats = stats if stats is not None else ScoreStats()
+    if memo is None and cache is None:
+        stats.add(len(requests), computed=len(requests), cached=0)
         return compute(lm, list(requests), engine, batch_size, want_query, progress, merge)
-    known = memo.view(lm, engine, want_query)
+    known = memo.view(lm, engine, want_query) if memo is not None else {}
     todo = list(dict.fromkeys(req for req in requests if req not in known))
+    from_cache = {}
+    if cache is not None and todo:
+        model = cache_model_key(lm)
+        from_cache = cache.get(model, engine, want_query, todo)
+        known.update(from_cache)
+        todo = [req for req in todo if req not in from_cache]
     if todo:
-        computed = compute(lm, todo, engine, batch_size, want_query, progress, merge)
-        for req, result in zip(todo, computed):
-            known[req] = result
+        computed = dict(
+            zip(todo, compute(lm, todo, engine, batch_size, want_query, progress, merge))
+        )
+        known.update(computed)
+        if cache is not None:
+            cache.put(model, engine, want_query, computed)
+    stats.add(len(requests), computed=len(todo), cached=len(from_cache))
     return [known[req].copy() for req in requests]

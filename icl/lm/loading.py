@@ -22,6 +22,7 @@ from icl.data import package_file
 from icl.errors import ICLError
 from icl.hub import HubUnavailable, require_hub
 from icl.lm.model_cache import ensure_cache
+from icl.lm.score_cache import weights_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,12 @@ class LanguageModel:
 
     def __post_init__(self) -> None:
         self.fingerprint = self.fingerprint or self.name
+
+    @functools.cached_property
+    def weights_fingerprint(self) -> str:
+        """A digest of the weights themselves, for the cross-process score cache (the config's
+        fingerprint above would not see a changed file behind the same path)."""
+        return weights_fingerprint(self.model)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a piece of text, never with special tokens."""

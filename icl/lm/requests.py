@@ -43,6 +43,22 @@ class ScoreResult:
         return dataclasses.replace(self, option_logprobs=[list(o) for o in self.option_logprobs])
 
 
+@dataclass
+class ScoreStats:
+    """Where a pass's results came from: computed, the process's memo, the score cache."""
+
+    requests: int = 0
+    computed: int = 0
+    from_memo: int = 0
+    from_cache: int = 0
+
+    def add(self, requests: int, computed: int, cached: int) -> None:
+        self.requests += requests
+        self.computed += computed
+        self.from_cache += cached
+        self.from_memo += requests - computed - cached
+
+
 def empty_results(requests) -> list[ScoreResult]:
     """A zeroed result per request, with one slot per option token."""
     return [

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from icl.lm.engines import score_requests
+from icl.lm.requests import ScoreStats
+from icl.lm.score_cache import ScoreCache
 
 
 class ScoreMemo:
@@ -41,10 +43,20 @@ class Scorer:
     memo: ScoreMemo | None = None
     # per-example prompts: score the requests of unshared prefixes together (icl.lm.grouping)
     merge_prefixes: bool = False
+    # the cross-process score cache (icl.lm.score_cache), for the passes that ask to persist
+    cache: ScoreCache | None = None
 
-    def score(self, requests, want_query: bool = False, progress: bool = False):
-        """Each request's ScoreResult (the prompt's NLL too with ``want_query``)."""
+    def score(
+        self,
+        requests,
+        want_query: bool = False,
+        progress: bool = False,
+        persist: bool = False,
+        stats: ScoreStats | None = None,
+    ):
+        """Each request's ScoreResult (the prompt's NLL too with ``want_query``); ``persist``:
+        requests that do not depend on demonstrations, read from and kept in the cache."""
         return score_requests(
             self.lm, requests, self.engine, self.batch_size, want_query, progress, self.memo,
-            merge=self.merge_prefixes,
+            merge=self.merge_prefixes, cache=self.cache if persist else None, stats=stats,
         )  # fmt: skip

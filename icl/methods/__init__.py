@@ -44,6 +44,10 @@ class Method:
     summary_metrics: tuple[str, ...] = ()
     # metrics -> the line icl-run logs when a cell finishes
     describe: Callable[[dict], str] = field(default=lambda metrics: "")
+    # (cfg, a finished run's metrics) -> what this config asks for that the run did not
+    # compute (settings outside the identity, e.g. a perplexity turned off there): the cell
+    # runs again rather than report what it never computed
+    missing: Callable[[object, dict], list[str]] = field(default=lambda cfg, metrics: [])
 
     @property
     def headline(self) -> str:

@@ -16,6 +16,8 @@ import numpy as np
 from icl import templates
 from icl.errors import ICLError
 from icl.lm import Scorer
+from icl.lm.requests import ScoreStats
+from icl.lm.score_cache import process_cache
 from icl.methods import CellOutput, Method, register
 from icl.metrics import accuracy, classification_metrics
 from icl.plan import CellPlan, cell_identity, plan_cell, require
@@ -44,10 +46,15 @@ SUMMARY_METRICS = (
 
 
 def scorer_for(plan: CellPlan, models) -> Scorer:
-    """The plan's model with its engine, batch size and the store's memo."""
+    """The plan's model with its engine, batch size, the store's memo and the score cache."""
     lm = models.get(plan.model)
     return Scorer(
-        lm, plan.scoring.engine, plan.scoring.batch_size, models.memo, plan.scoring.merge_prefixes
+        lm,
+        plan.scoring.engine,
+        plan.scoring.batch_size,
+        models.memo,
+        plan.scoring.merge_prefixes,
+        cache=process_cache() if plan.scoring.cache else None,
     )
 
 
@@ -61,24 +68,50 @@ def run(plan: CellPlan, models) -> CellOutput:
     # with no demonstrations the scored prompt is the zero-shot prompt: one pass gives both
     zero_shot = all(not demos.ids for demos in plan.demos)
     started = time.perf_counter()
-    want_query = plan.scoring.kshot_perplexity or zero_shot
-    scored = scorer.score([p.request for p in prompts], want_query, plan.scoring.progress)
+    want_query = query_nll_needed(plan.scoring, zero_shot)
+    # at k=0 nothing depends on demonstrations: the cache keeps the scores for other processes
+    stats = ScoreStats()
+    requests = [p.request for p in prompts]
+    scored = scorer.score(requests, want_query, plan.scoring.progress, zero_shot, stats)
     dropped = [p.n_dropped for p in prompts]
-    inputs = rule_inputs(scorer, plan, dropped, options, plan.scoring.rules)
+    inputs = rule_inputs(scorer, plan, dropped, options, plan.scoring.rules, persist=zero_shot)
     scoring_s = time.perf_counter() - started
-    if zero_shot:
+    zero_stats = ScoreStats()
+    if not plan.scoring.zero_shot_perplexity:
+        zero_ppl = [None] * len(prompts)
+    elif zero_shot:
         zero_ppl = [prompt_perplexity(r) for r in scored]
     else:
-        zero_ppl = zero_shot_perplexities(scorer, plan)
+        zero_ppl = zero_shot_perplexities(scorer, plan, zero_stats)
+    zero_s = time.perf_counter() - started - scoring_s
     rows = prediction_rows(plan, prompts, scored, zero_ppl, inputs)
     check_finite(rows, lm.name)
     metrics = cell_metrics(plan, rows)
-    metrics.update(
-        device=str(lm.device),
-        scoring_s=scoring_s,
-        examples_per_s=len(rows) / scoring_s if scoring_s else None,
-    )
+    metrics.update(device=str(lm.device), **work_metrics(stats, scoring_s, zero_stats, zero_s))
     return CellOutput(rows, metrics)
+
+
+def work_metrics(stats: ScoreStats, scoring_s: float, zero: ScoreStats, zero_s: float) -> dict:
+    """Computed against served work: a memo or cache hit costs nothing, so the rate counts the
+    examples computed only (None when every one was served)."""
+    return {
+        "scoring_s": scoring_s,
+        "examples_scored": stats.computed,
+        "examples_from_memo": stats.from_memo,
+        "examples_from_cache": stats.from_cache,
+        "examples_per_s": stats.computed / scoring_s if stats.computed and scoring_s else None,
+        "zero_shot_perplexity_s": zero_s,
+        "zero_shot_computed": zero.computed,
+        "zero_shot_from_memo": zero.from_memo,
+        "zero_shot_from_cache": zero.from_cache,
+    }
+
+
+def query_nll_needed(scoring, zero_shot: bool) -> bool:
+    """Whether the scoring pass reads the query's NLL (a full-vocabulary head at every query
+    token, where the options alone need the last position's): for the k-shot perplexity, and
+    at k=0 for the zero-shot one."""
+    return scoring.kshot_perplexity or (zero_shot and scoring.zero_shot_perplexity)
 
 
 def cell_prompts(lm, plan: CellPlan, options) -> list:
@@ -115,10 +148,11 @@ def check_finite(rows: list[PredictionRow], model_name: str) -> None:
             )
 
 
-def zero_shot_perplexities(scorer: Scorer, plan: CellPlan) -> list[float]:
+def zero_shot_perplexities(scorer: Scorer, plan: CellPlan, stats=None) -> list[float]:
     """Perplexity of each zero-shot prompt (instruction, template and input; no label).
 
-    The memo runs each one once per process, however many cells need it.
+    The memo runs each one once per process, however many cells need it; the score cache
+    once for every process that uses it.
     """
     requests = [
         prompt_request(
@@ -131,7 +165,9 @@ def zero_shot_perplexities(scorer: Scorer, plan: CellPlan) -> list[float]:
         )
         for ex in plan.test
     ]
-    return [prompt_perplexity(r) for r in scorer.score(requests, want_query=True)]
+    progress = plan.scoring.progress
+    scored = scorer.score(requests, True, progress, persist=True, stats=stats)
+    return [prompt_perplexity(r) for r in scored]
 
 
 def prediction_rows(plan: CellPlan, prompts, scored, zero_ppl, inputs) -> list[PredictionRow]:
@@ -178,7 +214,11 @@ def cell_metrics(plan: CellPlan, rows: list[PredictionRow]) -> dict:
     shown_correct = [d.share_correct for d in plan.demos if d.ids]
     metrics["share_demo_labels_correct"] = float(np.mean(shown_correct)) if shown_correct else None
     metrics["mean_demos_dropped"] = float(np.mean([r.n_demos_dropped for r in rows]))
-    metrics["zero_shot_perplexity"] = float(np.mean([r.zero_shot_perplexity for r in rows]))
+    metrics["zero_shot_perplexity"] = (
+        float(np.mean([r.zero_shot_perplexity for r in rows]))
+        if plan.scoring.zero_shot_perplexity
+        else None
+    )
     if plan.scoring.kshot_perplexity:
         metrics["kshot_perplexity"] = float(np.mean([r.kshot_perplexity for r in rows]))
     # the words the options were scored by (the template's, an override, or random words)
@@ -199,6 +239,18 @@ def identity(cfg):
     return cell_identity(cfg, NAME)
 
 
+# the perplexities a cell computes only when asked (eval.<switch>): not part of its identity,
+# so a cell run without one is the same cell, but a resume that asks for it runs it again
+PERPLEXITY_SWITCHES = ("zero_shot_perplexity", "kshot_perplexity")
+
+
+def missing(cfg, stored: dict) -> list[str]:
+    """The perplexities the config asks for that a finished run of the cell did not compute."""
+    return [
+        name for name in PERPLEXITY_SWITCHES if getattr(cfg.eval, name) and stored.get(name) is None
+    ]
+
+
 def describe(metrics: dict) -> str:
     return (
         f"{metrics['task']} k={metrics['k']} labels={metrics['labels']} seed={metrics['seed']}: "
@@ -215,5 +267,6 @@ METHOD = register(
         row_type=PredictionRow,
         summary_metrics=SUMMARY_METRICS,
         describe=describe,
+        missing=missing,
     )
 )

@@ -81,6 +81,8 @@ def correct_share(setting: str) -> float | None:
 def template_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Accuracy and mean prompt perplexity per (task, template), ranked by perplexity."""
     keys = ["task", "model", "template"]
+    # a run with eval.zero_shot_perplexity=false holds null: NaN here, unranked, left out below
+    runs = runs.assign(zero_shot_perplexity=pd.to_numeric(runs["zero_shot_perplexity"]))
     table = (
         runs.groupby(keys)[["accuracy", "macro_f1", "zero_shot_perplexity"]].mean().reset_index()
     )
@@ -94,7 +96,8 @@ def perplexity_correlations(table: pd.DataFrame, n_lowest: int = 3) -> pd.DataFr
     from scipy.stats import spearmanr
 
     rows = []
-    for (task, model), group in table.groupby(["task", "model"]):
+    measured = table[table["zero_shot_perplexity"].notna()]
+    for (task, model), group in measured.groupby(["task", "model"]):
         rho, p = spearmanr(group["zero_shot_perplexity"], group["accuracy"])
         lowest = group["perplexity_rank"] <= n_lowest
         rows.append(
