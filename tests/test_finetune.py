@@ -165,8 +165,8 @@ def test_a_tiny_run_writes_metrics_predictions_and_train_log(tmp_path, kind):
     assert [x["step"] for x in log] == [0, 1, 2]
     assert all(x["dev_accuracy"] is not None for x in log)
     # seeded: the same cell trains the same way
-    again = run_cell(run_config(*TINY, f"finetune.kind={kind}", "overwrite=true",
-                                out_dir=tmp_path / "again"), load_model=CountingLoader())  # fmt: skip
+    cfg = run_config(*TINY, f"finetune.kind={kind}", out_dir=tmp_path / "again")
+    again = run_cell(cfg, load_model=CountingLoader())
     assert again["accuracy"] == metrics["accuracy"]
     log_again = (tmp_path / "again" / "train_log.jsonl").read_text()
     assert log_again == (tmp_path / "train_log.jsonl").read_text()
@@ -192,3 +192,29 @@ def test_the_contract_command_on_smollm2(tmp_path, kind):
     assert metrics["n"] == 8 and metrics["n_train"] == 32 and metrics["steps_run"] == 2
     for name in ("metrics.json", "predictions.jsonl", "train_log.jsonl"):
         assert (tmp_path / name).is_file()
+
+
+def test_the_study_report_places_every_row_beside_gao(tmp_path):
+    from icl.studies.reports import figures, tables
+
+    cells = {
+        "zero": ("method=score", "demos.k=0", "label_words=[terrible,great]"),
+        "icl": ("method=score", "demos.k=32", "demos.sampling=balanced", "demos.seed=2",
+                "label_words=[dog,cat]"),
+        "ft1": ("label_words=[dog,cat]", "demos.seed=1"),
+        "ft2": ("label_words=[dog,cat]", "demos.seed=2"),
+        "head": ("finetune.kind=head", "demos.seed=1"),
+    }  # fmt: skip
+    for name, overrides in cells.items():
+        cfg = run_config(*TINY, "eval.kshot_perplexity=false", *overrides, out_dir=tmp_path / name)
+        run_cell(cfg, load_model=CountingLoader())
+    text = tables("finetune", tmp_path)
+    table = (tmp_path / "finetune_vs_icl.csv").read_text().splitlines()
+    header = "model,label words,zero-shot,ICL (32 demos),fine-tuned,Gao et al. (RoBERTa-large)"
+    assert table[0] == header
+    rows = {line.split(",")[1]: line.split(",") for line in table[1:]}
+    assert list(rows) == ["great/terrible", "cat/dog", "classifier head"]
+    assert rows["cat/dog"][5] == "91.5 (1.4)" and rows["classifier head"][5] == "81.4 (3.8)"
+    assert rows["cat/dog"][4].endswith("[2]") and rows["cat/dog"][2] == "–"
+    assert "accuracy (%)" in text
+    assert [p.name for p in figures("finetune", tmp_path)] == ["finetune_vs_icl_tiny-llama.png"]

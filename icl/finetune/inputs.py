@@ -39,7 +39,8 @@ def encode_example(lm, template, example, options, max_tokens: int) -> Encoded:
     fields = dict(example.fields)
     truncated = False
     for _ in range(8):  # each cut removes the excess; token seams can leave a little over
-        request = prompt_request(lm, template, [], templates.render_input(template, fields), options)
+        text = templates.render_input(template, fields)
+        request = prompt_request(lm, template, [], text, options)
         excess = len(request.prefix) + len(request.query) - max_tokens
         if excess <= 0:
             return Encoded(example.id, example.label, request, truncated)

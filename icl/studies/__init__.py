@@ -57,9 +57,7 @@ STUDIES = {
         ),
         reports=("selection",),
     ),
-    "finetune_vs_icl": Study(
-        "finetune_vs_icl", extra_sweeps=FINETUNE_ROWS, reports=("finetune",)
-    ),
+    "finetune_vs_icl": Study("finetune_vs_icl", extra_sweeps=FINETUNE_ROWS, reports=("finetune",)),
 }
 QUICK_TASKS = {"template_sweep": ("sst2", "cb")}
 
