@@ -216,7 +216,7 @@ class FinetuneConfig:
     # the development set is scored every eval_every steps; the best step's weights are kept
     eval_every: int = 10
     # stop when this many evaluations in a row bring no better development accuracy (0: never)
-    patience: int = 4
+    patience: int = 3
     # inputs longer than this many tokens (template included) lose the end of their text
     max_tokens: int = 64
     # the training stream (head initialisation, LoRA initialisation, batch order), with the
