@@ -218,3 +218,11 @@ def test_the_study_report_places_every_row_beside_gao(tmp_path):
     assert rows["cat/dog"][4].endswith("[2]") and rows["cat/dog"][2] == "–"
     assert "accuracy (%)" in text
     assert [p.name for p in figures("finetune", tmp_path)] == ["finetune_vs_icl_tiny-llama.png"]
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "gemma2"])
+@pytest.mark.parametrize("setting", ["finetune.train_layers=1", "finetune.lora_r=2"])
+def test_gemma_models_train_their_top_layer_or_lora(tmp_path, arch, setting):
+    cfg = run_config(*TINY, setting, f"model.tiny_arch={arch}", out_dir=tmp_path)
+    metrics = run_cell(cfg, load_model=CountingLoader(arch))
+    assert metrics["n"] == 4 and metrics["trainable_params"] > 0
