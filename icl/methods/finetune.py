@@ -237,6 +237,8 @@ def test_scores(plan: FinetunePlan, models, lm: LanguageModel, classifier, test)
 
 
 def build_classifier(plan: FinetunePlan, base: LanguageModel, options) -> Classifier:
+    """The trainable copy (and head). It stays in eval mode: no dropout, so a seed trains the
+    same way every time (SmolLM2 and Gemma-3 have no dropout in any case)."""
     ft, seed = plan.settings, plan.schedule.seed
     model = trainable_copy(base.model, ft.kind, ft.train_layers, ft.lora_r, ft.lora_alpha, seed)
     head = None
