@@ -226,3 +226,19 @@ def test_gemma_models_train_their_top_layer_or_lora(tmp_path, arch, setting):
     cfg = run_config(*TINY, setting, f"model.tiny_arch={arch}", out_dir=tmp_path)
     metrics = run_cell(cfg, load_model=CountingLoader(arch))
     assert metrics["n"] == 4 and metrics["trainable_params"] > 0
+
+
+def test_long_inputs_lose_the_end_of_their_text_and_keep_the_answer_cue():
+    from icl.data import Example
+    from icl.finetune.inputs import encode_example
+
+    lm, plan = tiny_lm(), finetune_plan()
+    options = option_tokens(lm, plan.cell.template)
+    long = Example("x", {"text": "a fine and quiet film " * 10}, 1)
+    encoded = encode_example(lm, plan.cell.template, long, options, max_tokens=40)
+    assert encoded.truncated and len(encoded.tokens) <= 40
+    assert lm.tokenizer.decode(encoded.request.query).endswith(" It was")
+    short = encode_example(lm, plan.cell.template, Example("y", {"text": "fine"}, 1), options, 40)
+    assert not short.truncated
+    with pytest.raises(ICLError, match="raise finetune.max_tokens"):
+        encode_example(lm, plan.cell.template, long, options, max_tokens=5)
