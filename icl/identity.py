@@ -85,7 +85,7 @@ class CellIdentity:
     finetune_head: str | None = _method_specific()  # kind=head only
     finetune_k_per_class: int | None = _method_specific()
     finetune_dev_per_class: int | None = _method_specific()
-    finetune_train_layers: int | str | None = _method_specific()
+    finetune_train_layers: str | None = _method_specific()  # "2", "all"; None with LoRA
     finetune_lora_r: int | None = _method_specific()
     finetune_lora_alpha: float | None = _method_specific()
     finetune_lr: float | None = _method_specific()
