@@ -371,7 +371,8 @@ def plot_finetune(bars: pd.DataFrame, gao: dict, gao_head: tuple, out: Path, mod
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     n_seeds, n_test = int(bars["n_seeds"].max()), int(bars["n_test"].max())
-    ax.set_title(f"SST-2, {model}: {n_seeds} seeds, {n_test} test examples (±1 std)", fontsize=10)
+    seeds = f"{n_seeds} seed{'s' if n_seeds != 1 else ''}"
+    ax.set_title(f"SST-2, {model}: {seeds}, {n_test} test examples (±1 std)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncol=len(columns), loc="upper center", bbox_to_anchor=(0.5, -0.12))
     return _save(fig, out)
