@@ -94,19 +94,32 @@ def score(lm, requests, engine: str, batch_size, want_query: bool, merge: bool =
     )  # fmt: skip
 
 
-def retrieval_plan(overrides: list[str]):
-    """icl's plan of a cell composed from icl-run overrides (e.g. demos.selection=knn): its
-    test examples and each one's retrieved demonstrations, before any model loads."""
+def composed_config(overrides: list[str]):
+    """The typed RunConfig icl-run would get for these overrides."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from icl.cli import conf_dir, setup
-    from icl.plan import plan_cell
 
     setup()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = OmegaConf.to_object(compose("config", overrides=["eval.progress=false", *overrides]))
-    return plan_cell(cfg)
+        return OmegaConf.to_object(compose("config", overrides=["eval.progress=false", *overrides]))
+
+
+def retrieval_plan(overrides: list[str]):
+    """icl's plan of a cell composed from icl-run overrides (e.g. demos.selection=knn): its
+    test examples and each one's retrieved demonstrations, before any model loads."""
+    from icl.plan import plan_cell
+
+    return plan_cell(composed_config(overrides))
+
+
+def finetune_plan(overrides: list[str]):
+    """icl's plan of a method=finetune cell (its training, development and test examples)."""
+    from icl.methods import get_method
+
+    cfg = composed_config(["method=finetune", *overrides])
+    return get_method("finetune").plan(cfg)
 
 
 def retrieval_prompts(lm, plan):

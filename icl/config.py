@@ -197,6 +197,41 @@ class DecodingConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """How method=finetune trains on the labelled examples (icl/methods/finetune.py)."""
+
+    # prompt (the template's label words at the answer position) | head (a classifier on the
+    # last token's final hidden state)
+    kind: str = "prompt"
+    # kind=head: linear | mlp
+    head: str = "linear"
+    # training examples per class: the demonstrations a k = k_per_class x classes balanced
+    # ICL cell of the same seed shows; the development set is the next dev_per_class per class
+    k_per_class: int = 16
+    dev_per_class: int = 16
+    # the top N transformer layers (plus the final norm, and the head) are trained; 0: the
+    # final norm and the head only; all: every parameter. Any: an integer or "all"
+    train_layers: Any = 2
+    # LoRA of this rank on the attention projections (through peft) in place of
+    # train_layers; 0 is off
+    lora_r: int = 0
+    lora_alpha: float = 16.0
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    steps: int = 100
+    batch_size: int = 8
+    # the development set is scored every eval_every steps; the best step's weights are kept
+    eval_every: int = 10
+    # stop when this many evaluations in a row bring no better development accuracy (0: never)
+    patience: int = 3
+    # inputs longer than this many tokens (template included) lose the end of their text
+    max_tokens: int = 64
+    # the training stream (head initialisation, LoRA initialisation, batch order), with the
+    # demonstration seed
+    seed: int = 0
+
+
+@dataclass
 class LoggerConfig:
     name: str = "none"
     project: str = "icl"
@@ -207,7 +242,8 @@ class LoggerConfig:
 
 @dataclass
 class MethodConfig:
-    """What a cell does with its plan (``icl.methods``): score label words, or generate."""
+    """What a cell does with its plan (``icl.methods``): score label words, generate, or
+    fine-tune."""
 
     name: str = "score"
 
@@ -222,6 +258,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     # the template name; null takes the task's default_template
     template: str | None = None
@@ -250,4 +287,5 @@ def register_configs() -> None:
     cs.store(group="eval", name="eval_schema", node=EvalConfig)
     cs.store(group="scoring", name="scoring_schema", node=ScoringConfig)
     cs.store(group="decoding", name="decoding_schema", node=DecodingConfig)
+    cs.store(group="finetune", name="finetune_schema", node=FinetuneConfig)
     cs.store(group="logger", name="logger_schema", node=LoggerConfig)

@@ -80,6 +80,22 @@ class CellIdentity:
     draft_model: str | None = _method_specific()
     draft_tokens: int | None = _method_specific()
     decoding_seed: int | None = _method_specific()
+    # method=finetune: what was trained and how (absent from other methods' files)
+    finetune_kind: str | None = _method_specific()
+    finetune_head: str | None = _method_specific()  # kind=head only
+    finetune_k_per_class: int | None = _method_specific()
+    finetune_dev_per_class: int | None = _method_specific()
+    finetune_train_layers: str | None = _method_specific()  # "2", "all"; None with LoRA
+    finetune_lora_r: int | None = _method_specific()
+    finetune_lora_alpha: float | None = _method_specific()
+    finetune_lr: float | None = _method_specific()
+    finetune_weight_decay: float | None = _method_specific()
+    finetune_steps: int | None = _method_specific()
+    finetune_batch_size: int | None = _method_specific()
+    finetune_eval_every: int | None = _method_specific()
+    finetune_patience: int | None = _method_specific()
+    finetune_max_tokens: int | None = _method_specific()
+    finetune_seed: int | None = _method_specific()
     task_version: int | None = None
     harness_version: str | None = None
 

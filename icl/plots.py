@@ -346,3 +346,42 @@ def plot_selection(table: pd.DataFrame, out: Path) -> Path:
         fontsize=10,
     )
     return _save(fig, out)
+
+
+FINETUNE_COLOURS = {
+    "zero-shot": "#999999",
+    "ICL (32 demos)": "#1b9e77",
+    "fine-tuned": "#d95f02",
+    "Gao et al.": "#cccccc",
+}
+
+
+def plot_finetune(bars: pd.DataFrame, gao: dict, gao_head: tuple, out: Path, model: str) -> Path:
+    """Grouped bars per label-word pair (and the head): zero-shot, ICL, fine-tuned (±1 std over
+    seeds), and Gao et al.'s prompt-based fine-tuning (RoBERTa-large) in grey."""
+    bars = bars[bars["model"] == model]
+    rows = list(dict.fromkeys(bars["row"]))
+    columns = [c for c in FINETUNE_COLOURS if c in set(bars["column"]) or c == "Gao et al."]
+    width = 0.8 / len(columns)
+    fig, ax = plt.subplots(figsize=(1.5 + 1.3 * len(rows), 3.8))
+    for j, column in enumerate(columns):
+        xs = [i + (j - (len(columns) - 1) / 2) * width for i in range(len(rows))]
+        if column == "Gao et al.":
+            ref = [gao_head if r == "classifier head" else gao.get(r, (float("nan"),) * 2)
+                   for r in rows]  # fmt: skip
+            means, errs = [m for m, _ in ref], [s for _, s in ref]
+        else:
+            picked = bars[bars["column"] == column].set_index("row").reindex(rows)
+            means, errs = picked["mean"] * 100, picked["std"].fillna(0) * 100
+        ax.bar(xs, means, width, yerr=errs, label=column, color=FINETUNE_COLOURS[column],
+               capsize=2, error_kw={"lw": 0.8})  # fmt: skip
+    ax.axhline(50, color="black", lw=0.6, ls=":")
+    ax.set_xticks(range(len(rows)), rows, fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    n_seeds, n_test = int(bars["n_seeds"].max()), int(bars["n_test"].max())
+    seeds = f"{n_seeds} seed{'s' if n_seeds != 1 else ''}"
+    ax.set_title(f"SST-2, {model}: {seeds}, {n_test} test examples (±1 std)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=len(columns), loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    return _save(fig, out)

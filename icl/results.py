@@ -173,13 +173,22 @@ def cell_lock(out_dir: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def write_run_files(out_dir: Path, config_text: str, rows, metrics: dict) -> None:
-    """The config, the predictions, then metrics.json (whose presence means finished). A
-    failed write (a full disk, a read-only folder) leaves none of them, and says why."""
+def write_jsonl(path: Path, lines: list[dict]) -> None:
+    """JSON rows, one a line, written atomically."""
+    write_atomic(path, lambda handle: handle.writelines(json.dumps(x) + "\n" for x in lines))
+
+
+def write_run_files(
+    out_dir: Path, config_text: str, rows, metrics: dict, files: dict | None = None
+) -> None:
+    """The config, the predictions (and a method's further JSONL ``files``), then
+    metrics.json (whose presence means finished). A failed write (a full disk, a read-only
+    folder) leaves none of them, and says why."""
     out_dir = Path(out_dir)
-    written = [out_dir / CONFIG_FILE, out_dir / PREDICTIONS_FILE]
+    files = files or {}
+    written = [out_dir / CONFIG_FILE, out_dir / PREDICTIONS_FILE, *(out_dir / n for n in files)]
     # temporary files of a run killed mid-write (the folder's lock is ours: none is live)
-    for name in (CONFIG_FILE, PREDICTIONS_FILE, METRICS_FILE):
+    for name in (CONFIG_FILE, PREDICTIONS_FILE, METRICS_FILE, *files):
         for stale in out_dir.glob(f".{name}.*"):
             with contextlib.suppress(OSError):
                 stale.unlink()
@@ -188,6 +197,8 @@ def write_run_files(out_dir: Path, config_text: str, rows, metrics: dict) -> Non
         (out_dir / METRICS_FILE).unlink(missing_ok=True)
         write_text_atomic(written[0], config_text)
         write_predictions(out_dir, rows)
+        for name, lines in files.items():
+            write_jsonl(out_dir / name, lines)
         write_metrics(out_dir, metrics)
     except OSError as err:
         for path in written:

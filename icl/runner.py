@@ -59,5 +59,5 @@ def _run_locked(cfg: RunConfig, method, cell, out_dir: Path, load_model) -> dict
         "wall_s": time.perf_counter() - started,
     }
     config_text = OmegaConf.to_yaml(OmegaConf.structured(cfg), resolve=True)
-    results.write_run_files(out_dir, config_text, output.rows, metrics)
+    results.write_run_files(out_dir, config_text, output.rows, metrics, output.files)
     return metrics

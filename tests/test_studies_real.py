@@ -18,6 +18,8 @@ QUICK = {
     "label_words": (5 * 2 * 2, ["label_words.md", "label_words.png"]),
     "shots_curve": (4 * 2 * 2, ["shots.md", "early_ascent.md", "shots_accuracy.png"]),
     "decoding": (2 * 2, ["decoding.md", "decoding_valid_accuracy.md", "decoding.png"]),
+    # prompt-based fine-tuning and ICL for 2 label-word pairs, the head, zero-shot for 2 pairs
+    "finetune_vs_icl": (2 + 1 + 2 + 2, ["finetune_vs_icl.md", "finetune_vs_icl_smollm2-135m.png"]),
 }  # fmt: skip
 
 

@@ -310,3 +310,29 @@ def load_language_model(cfg) -> LanguageModel:
         max_length=int(max_length),
         device=device,
     )
+
+
+def model_depth(cfg) -> int | None:
+    """The number of transformer layers a ModelConfig's model has, read from its config
+    without its weights; None where that needs the model built first (a GGUF not cached)."""
+    from transformers import AutoConfig
+
+    check_source(cfg)
+    if cfg.source == "tiny":
+        from icl.lm.tiny import byte_tokenizer, tiny_config
+
+        config = tiny_config(cfg.tiny_arch, len(byte_tokenizer()))
+    elif cfg.source == "hub":
+        kwargs = {"revision": cfg.revision} if cfg.revision else {}
+        config = from_hub(
+            f"the config of {cfg.path!r}", lambda: AutoConfig.from_pretrained(cfg.path, **kwargs)
+        )
+    elif cfg.source == "folder":
+        config = AutoConfig.from_pretrained(str(Path(cfg.path).expanduser()))
+    else:
+        cached = cache_root() / cache_key(cfg, gguf_path(cfg))
+        if not cfg.cache or not (cached / "config.json").is_file():
+            return None
+        config = AutoConfig.from_pretrained(str(cached))
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(text.num_hidden_layers)

@@ -16,16 +16,22 @@ from dataclasses import dataclass, field
 from icl.errors import unknown_name
 
 # the methods that ship with icl, imported on first use; each module registers itself
-BUILTIN = {"score": "icl.methods.score", "generate": "icl.methods.generate"}
+BUILTIN = {
+    "score": "icl.methods.score",
+    "generate": "icl.methods.generate",
+    "finetune": "icl.methods.finetune",
+}
 DEFAULT_METHOD = "score"
 
 
 @dataclass
 class CellOutput:
-    """What a method's run gives the runner to write: rows (each with ``to_json``) and metrics."""
+    """What a method's run gives the runner to write: rows (each with ``to_json``) and metrics,
+    and any further JSONL files (name -> JSON rows, e.g. fine-tuning's train_log.jsonl)."""
 
     rows: list
     metrics: dict
+    files: dict[str, list[dict]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,13 @@ class Study:
     reports: tuple[str, ...] = field(default_factory=tuple)
 
 
+# finetune_vs_icl's other rows: the classifier head (label words unused: the template's), ICL
+# with the 32 training examples as demonstrations, and zero-shot (one seed: no demonstrations)
+FINETUNE_ROWS = (
+    ("finetune.kind=head", "label_words=null"),
+    ("method=score", "demos.k=32", "demos.sampling=balanced"),
+    ("method=score", "demos.k=0", "demos.seed=1"),
+)
 STUDIES = {
     "demo": Study("demo", reports=("curve",)),
     "min2022_labels": Study(
@@ -50,6 +57,7 @@ STUDIES = {
         ),
         reports=("selection",),
     ),
+    "finetune_vs_icl": Study("finetune_vs_icl", extra_sweeps=FINETUNE_ROWS, reports=("finetune",)),
 }
 QUICK_TASKS = {"template_sweep": ("sst2", "cb")}
 

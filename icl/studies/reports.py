@@ -22,6 +22,7 @@ from icl.demos import ABLATION_SETTINGS, NO_DEMOS
 from icl.errors import ICLError, unknown_name
 from icl.methods import summary_metrics
 from icl.results import write_text_atomic
+from icl.studies import finetune as finetune_
 from icl.studies import selection as selection_
 from icl.studies import tables as tables_
 
@@ -248,6 +249,28 @@ def selection_figures(root: Path, runs: pd.DataFrame, metric: str, out=None) -> 
     return [plots.plot_selection(table, root / f"selection_{metric}.png")]
 
 
+def finetune_tables(root: Path, runs: pd.DataFrame) -> str:
+    """Accuracy per label-word pair: zero-shot, ICL (32 demos), fine-tuned; Gao et al. beside."""
+    bars = finetune_.finetune_bars(runs)
+    _write_table(root, "finetune_vs_icl_bars", bars, index=False)
+    text = _write_table(root, "finetune_vs_icl", finetune_.finetune_table(bars))
+    return "accuracy (%), mean (std) over seeds ([n]: seeds when not 5)\n\n" + text
+
+
+def finetune_figures(root: Path, runs: pd.DataFrame, metric: str, out=None) -> list[Path]:
+    bars = finetune_.finetune_bars(runs)
+    return [
+        plots.plot_finetune(
+            bars,
+            finetune_.GAO_PROMPT_FT,
+            finetune_.GAO_HEAD,
+            root / f"finetune_vs_icl_{model}.png",
+            model,
+        )  # fmt: skip
+        for model in dict.fromkeys(bars["model"])
+    ]
+
+
 # each report kind: its tables (root, runs) -> Markdown, its figures (root, runs, metric, out)
 REPORT_KINDS = {
     "curve": (curve_tables, curve_figures),
@@ -258,6 +281,7 @@ REPORT_KINDS = {
     "rules": (rules_tables, rules_figures),
     "decoding": (decoding_tables, decoding_figures),
     "selection": (selection_tables, selection_figures),
+    "finetune": (finetune_tables, finetune_figures),
 }
 REPORTS = tuple(REPORT_KINDS)
 
