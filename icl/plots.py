@@ -144,7 +144,9 @@ def plot_setting_bars(table: pd.DataFrame, out: Path, settings: list[str], ylabe
     tasks = list(dict.fromkeys(table["task"]))
     settings = [s for s in settings if s in set(table["setting"])]
     width = 0.8 / max(len(settings), 1)
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(tasks) * max(1, len(settings) / 3), 3.8))
+    # at least wide enough for the title and a four-column legend with one or two tasks
+    width_in = max(5.5, 1.2 + 1.1 * len(tasks) * max(1, len(settings) / 3))
+    fig, ax = plt.subplots(figsize=(width_in, 3.8))
     for j, setting in enumerate(settings):
         rows = table[table["setting"] == setting].set_index("task").reindex(tasks)
         xs = [i + (j - (len(settings) - 1) / 2) * width for i in range(len(tasks))]
