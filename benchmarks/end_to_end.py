@@ -152,24 +152,30 @@ def differenced(pair: dict[int, dict]) -> tuple[float, int]:
     return pair[large]["wall_s"] - pair[small]["wall_s"], large - small
 
 
+def verdict(ok: bool) -> str:
+    return "target met" if ok else "**target missed**"
+
+
+def speedup_line(what: str, icl: dict[int, dict], lm_eval: dict[int, dict], target: float) -> str:
+    """icl against lm-eval over the examples between their two sizes, against a target."""
+    icl_s, extra = differenced(icl)
+    lm_s, _ = differenced(lm_eval)
+    x = lm_s / icl_s
+    return (
+        f"- {what} vs lm-eval, {extra} examples without start-up: icl {icl_s:.1f} s, "
+        f"lm-eval {lm_s:.1f} s: **{x:.1f}x** (target >= {target:.0f}x: {verdict(x >= target)})."
+    )
+
+
 def ratio_lines(runs: list[dict]) -> list[str]:
     """The ratios side by side, each against its target."""
     r = by_label(runs)
     lines = []
-
-    def verdict(ok: bool) -> str:
-        return "target met" if ok else "**target missed**"
-
     off = r["icl perplexity off"]
     off_s, extra = differenced(off)
     if "lm-eval" in r:
         lm_s, _ = differenced(r["lm-eval"])
-        x = lm_s / off_s
-        lines.append(
-            f"- SmolLM2 k=16, perplexity off vs lm-eval, {extra} examples without start-up: "
-            f"icl {off_s:.1f} s, lm-eval {lm_s:.1f} s: **{x:.1f}x** (target >= {TARGET_OFF:.0f}x: "
-            f"{verdict(x >= TARGET_OFF)})."
-        )
+        lines.append(speedup_line("SmolLM2 k=16, perplexity off", off, r["lm-eval"], TARGET_OFF))
         for label in ("icl defaults, 1st process", "icl defaults, 2nd process"):
             s, _ = differenced(r[label])
             lines.append(f"- {label} vs lm-eval, the same {extra} examples: {lm_s / s:.1f}x.")
@@ -189,14 +195,9 @@ def ratio_lines(runs: list[dict]) -> list[str]:
         f"{cold[large]['wall_s'] / off[large]['wall_s']:.2f}."
     )
     if "icl gemma k=0 perplexity off" in r and "lm-eval gemma k=0" in r:
-        g_s, g_extra = differenced(r["icl gemma k=0 perplexity off"])
-        lg_s, _ = differenced(r["lm-eval gemma k=0"])
-        x = lg_s / g_s
-        lines.append(
-            f"- Gemma-3-270M k=0, perplexity off, cache off vs lm-eval, {g_extra} examples "
-            f"without start-up: icl {g_s:.1f} s, lm-eval {lg_s:.1f} s: **{x:.1f}x** "
-            f"(target >= {TARGET_GEMMA:.0f}x: {verdict(x >= TARGET_GEMMA)})."
-        )
+        icl, lm_eval = r["icl gemma k=0 perplexity off"], r["lm-eval gemma k=0"]
+        what = "Gemma-3-270M k=0, perplexity off, cache off"
+        lines.append(speedup_line(what, icl, lm_eval, TARGET_GEMMA))
     return lines
 
 
