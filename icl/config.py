@@ -142,8 +142,10 @@ class EvalConfig:
     # rows per forward: a positive integer, or auto (16 on CPU; on CUDA what fits free memory,
     # measured by a probe batch and halved if it still runs out). Any: OmegaConf has no Union
     batch_size: Any = "auto"
-    # the perplexity of the whole k-shot prompt costs a full-vocabulary pass over each query
-    kshot_perplexity: bool = True
+    # the perplexity of the whole k-shot prompt costs a full-vocabulary head at every query
+    # token (about 25% of the scoring pass at k=16 on SmolLM2) and no table or figure reads
+    # it: off unless asked for
+    kshot_perplexity: bool = False
     # the perplexity of each zero-shot prompt (template and input, no demonstrations): a pass of
     # its own at k>0 (at k=0 the scoring pass gives it, at the cost of full-vocabulary logits
     # at every query token); off, rows and metrics hold null for it

@@ -34,10 +34,10 @@ class CountingForward:
         monkeypatch.setattr(forward, "forward_suffix", count_suffix)
 
 
-def test_the_switches_default_on(compose):
+def test_the_zero_shot_perplexity_and_the_cache_default_on_the_kshot_perplexity_off(compose):
     cfg = compose()
     assert cfg.eval.zero_shot_perplexity is True
-    assert cfg.eval.kshot_perplexity is True
+    assert cfg.eval.kshot_perplexity is False
     assert cfg.eval.cache is True
 
 

@@ -17,6 +17,8 @@ from icl.plan import plan_cell
 from icl.runner import run_cell
 
 SMALL = ("task=sst2", "model=tiny-llama", "eval.n_test=6", "demos.k=2")
+# the k-shot perplexity is off by default; the tests that compare it turn it on
+KSHOT = "eval.kshot_perplexity=true"
 
 
 def test_unknown_template_lists_the_valid_names(tmp_path):
@@ -180,7 +182,7 @@ def test_metrics_agree_with_the_prediction_rows(tmp_path):
 def test_engines_give_the_same_predictions_end_to_end(tmp_path):
     by_engine = {}
     for engine in SCORING_ENGINES:
-        cfg = run_config(*SMALL, f"scoring.engine={engine}", out_dir=tmp_path / engine)
+        cfg = run_config(*SMALL, KSHOT, f"scoring.engine={engine}", out_dir=tmp_path / engine)
         run_cell(cfg, load_model=CountingLoader("gemma3"))
         by_engine[engine] = results.read_predictions(tmp_path / engine)
     for engine, rows in by_engine.items():
@@ -193,7 +195,7 @@ def test_engines_give_the_same_predictions_end_to_end(tmp_path):
 
 def test_zero_shot_perplexity_equals_kshot_perplexity_at_k0(tmp_path):
     loader = CountingLoader(name="tiny-k0-consistency")
-    run_cell(run_config(*SMALL, "demos.k=0", out_dir=tmp_path), load_model=loader)
+    run_cell(run_config(*SMALL, KSHOT, "demos.k=0", out_dir=tmp_path), load_model=loader)
     for row in results.read_predictions(tmp_path):
         assert row["zero_shot_perplexity"] == pytest.approx(row["kshot_perplexity"], rel=1e-4)
 
@@ -213,7 +215,7 @@ def test_zero_shot_perplexity_belongs_to_the_model_that_ran(tmp_path):
     for seed in (0, 1):
         loader = CountingLoader(seed=seed, name="tiny-same-name")
         cfg = run_config(
-            *SMALL, "demos.k=0", f"model.tiny_seed={seed}", out_dir=tmp_path / str(seed)
+            *SMALL, KSHOT, "demos.k=0", f"model.tiny_seed={seed}", out_dir=tmp_path / str(seed)
         )
         run_cell(cfg, load_model=loader)
         for row in results.read_predictions(tmp_path / str(seed)):

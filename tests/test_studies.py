@@ -45,6 +45,22 @@ def test_sweep_commands_add_the_zero_shot_sweep_and_split_per_task():
         studies.get_study("nope")
 
 
+def test_a_task_override_picks_the_per_task_sweeps_of_a_per_task_study():
+    # passed on beside each sweep's own task=, it ran every sweep on rte and wrote the cells
+    # into the sst2, agnews, ... folders
+    study = studies.get_study("template_sweep")
+    assert studies.sweep_commands(study, False, ["task=rte,cb", "eval.n_test=9"]) == [
+        ["+experiment=template_sweep", "task=rte", "eval.n_test=9"],
+        ["+experiment=template_sweep", "task=cb", "eval.n_test=9"],
+    ]
+    assert studies.sweep_commands(study, True, ["task=rte"]) == [
+        ["+experiment=template_sweep_quick", "task=rte"]
+    ]
+    # a study that sweeps tasks in one multirun passes the override on untouched
+    labels = studies.sweep_commands(studies.get_study("min2022_labels"), False, ["task=agnews"])
+    assert labels[0] == ["+experiment=min2022_labels", "task=agnews"]
+
+
 def test_settings_table_names_zero_shot_no_demos_and_averages_seeds():
     frame = runs_frame(
         [

@@ -72,6 +72,11 @@ def sweep_commands(study: Study, quick: bool, overrides: list[str]) -> list[list
     """The icl-run argument lists that run a study (quick: its ``NAME_quick`` config)."""
     experiment = f"+experiment={study.name}_quick" if quick else f"+experiment={study.name}"
     tasks = QUICK_TASKS.get(study.name, study.per_task) if quick else study.per_task
+    if study.per_task:
+        # a task= override picks the per-task sweeps; passed on as well, it would run every
+        # sweep on its task and write the cells into the other tasks' folders
+        chosen, overrides = split_task_override(overrides)
+        tasks = chosen or tasks
     base = [[experiment, f"task={t}"] for t in tasks] or [[experiment]]
     commands = []
     for args in base:
@@ -82,3 +87,17 @@ def sweep_commands(study: Study, quick: bool, overrides: list[str]) -> list[list
             kept = [o for o in overrides if o.split("=", 1)[0] not in fixed]
             commands.append(args + list(extra) + kept)
     return commands
+
+
+def split_task_override(overrides: list[str]) -> tuple[tuple[str, ...], list[str]]:
+    """The tasks a ``task=a,b`` override names (the last one wins, as in Hydra), and the
+    other overrides."""
+    tasks: tuple[str, ...] = ()
+    rest = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and key.lstrip("+~") == "task":
+            tasks = tuple(t.strip() for t in value.split(",") if t.strip())
+        else:
+            rest.append(override)
+    return tasks, rest
