@@ -54,6 +54,9 @@ def _run_locked(cfg: RunConfig, method, cell, out_dir: Path, load_model) -> dict
         log.warning("%s: %s", out_dir, warning)
     metrics = {
         **cell.to_dict(),
+        # the identity leaves these out at their defaults (older cells keep matching); here
+        # every cell names them
+        "prompt": prompt_layout(cfg),
         **output.metrics,
         "warnings": warnings,
         "wall_s": time.perf_counter() - started,
@@ -61,3 +64,8 @@ def _run_locked(cfg: RunConfig, method, cell, out_dir: Path, load_model) -> dict
     config_text = OmegaConf.to_yaml(OmegaConf.structured(cfg), resolve=True)
     results.write_run_files(out_dir, config_text, output.rows, metrics, output.files)
     return metrics
+
+
+def prompt_layout(cfg: RunConfig) -> dict:
+    """How the cell's prompts were laid out: which demonstrations, in what order and format."""
+    return {"format": cfg.format, "selection": cfg.demos.selection, "order": cfg.demos.order}

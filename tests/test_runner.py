@@ -240,3 +240,13 @@ def test_query_longer_than_the_context_is_an_error(tmp_path):
     lm = tiny_lm("llama", max_length=12)
     with pytest.raises(ICLError, match="context of 12"):
         run_cell(run_config(*SMALL, out_dir=tmp_path), load_model=lambda _: lm)
+
+
+def test_metrics_name_the_prompt_layout_even_at_its_defaults(tmp_path):
+    metrics = run_cell(
+        run_config(*SMALL, out_dir=tmp_path), load_model=CountingLoader(name="tiny-layout")
+    )
+    assert metrics["prompt"] == {"format": "plain", "selection": "random", "order": "pool"}
+    assert "selection" not in metrics  # the identity still leaves its defaults out
+    stored = results.read_metrics(tmp_path)
+    assert stored["prompt"] == metrics["prompt"]
