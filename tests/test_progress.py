@@ -14,8 +14,8 @@ class RecordingBar:
 
     instances: list = []
 
-    def __init__(self, total=None, **kwargs):
-        self.total, self.updates = total, []
+    def __init__(self, total=None, desc=None, **kwargs):
+        self.total, self.desc, self.updates = total, desc, []
         RecordingBar.instances.append(self)
 
     def update(self, n=1):
@@ -57,3 +57,13 @@ def test_row_progress_counts_an_example_when_its_last_row_is_done():
     assert bar.updates == [3]
     tracker.finish(4)  # a fourth example with nothing left to read (all credited by the prefix)
     assert bar.updates == [3, 1]
+
+
+def test_the_bar_names_its_pass(monkeypatch):
+    monkeypatch.setattr(engines, "tqdm", RecordingBar)
+    RecordingBar.instances = []
+    requests = [ScoreRequest((3, 4), (50 + i,), ((80,), (81,))) for i in range(3)]
+    for progress in (True, "zero-shot perplexity"):
+        engines.score_requests(tiny_lm(), requests, "prefix_shared", 4, False, progress)
+    labels = [bar.desc for bar in RecordingBar.instances]
+    assert labels == ["scoring", "zero-shot perplexity"]

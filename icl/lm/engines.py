@@ -94,7 +94,7 @@ def score_prefix_reuse(
     requests,
     batch_size,
     want_query: bool,
-    progress: bool,
+    progress: bool | str,
     attention: str = "copy",
     merge: bool = False,
 ):
@@ -104,7 +104,7 @@ def score_prefix_reuse(
     groups, requests = prefix_groups(requests, merge)
     sink = _sink_into(results, {i: n for g in groups for i, n in g.moved.items()})
     auto = batch_size == AUTO
-    bar = tqdm(total=len(requests), desc="scoring", unit="ex", disable=not progress)
+    bar = tqdm(total=len(requests), desc=bar_label(progress), unit="ex", disable=not progress)
     tracker = RowProgress(bar, lm.device)
     for group in groups:
         prefix, indices = group.prefix, group.indices
@@ -160,11 +160,11 @@ def _naive_read(result: ScoreResult, req, o: int, lp: list[float], want_query: b
 
 
 @torch.inference_mode()
-def score_naive(lm, requests, batch_size: int, want_query: bool, progress: bool):
+def score_naive(lm, requests, batch_size: int, want_query: bool, progress: bool | str):
     """Recompute every full sequence with the model's own forward and full logits."""
     results = empty_results(requests)
     for i, req in enumerate(
-        tqdm(requests, desc="scoring (naive)", unit="ex", disable=not progress)
+        tqdm(requests, desc=f"{bar_label(progress)} (naive)", unit="ex", disable=not progress)
     ):
         sequences = [req.prefix + req.query + opt for opt in (req.options or ((),))]
         for start in range(0, len(sequences), batch_size):
@@ -186,7 +186,13 @@ def resolve_engine(engine: str, device) -> str:
 
 
 def compute(
-    lm, requests, engine: str, batch_size, want_query: bool, progress: bool, merge: bool = False
+    lm,
+    requests,
+    engine: str,
+    batch_size,
+    want_query: bool,
+    progress: bool | str,
+    merge: bool = False,
 ):
     """Run one engine over requests, every one computed (no memo)."""
     if engine == "naive":  # a batch holds one request's options
@@ -202,7 +208,7 @@ def score_requests(
     engine: str = AUTO,
     batch_size: int | str = AUTO,
     want_query: bool = True,
-    progress: bool = False,
+    progress: bool | str = False,
     memo=None,
     merge: bool = False,
     cache=None,
@@ -243,3 +249,8 @@ def score_requests(
             cache.put(model, engine, want_query, computed)
     stats.add(len(requests), computed=len(todo), cached=len(from_cache))
     return [known[req].copy() for req in requests]
+
+
+def bar_label(progress) -> str:
+    """A progress bar's label: ``progress`` itself when it names the pass, else scoring."""
+    return progress if isinstance(progress, str) and progress else "scoring"

@@ -50,7 +50,7 @@ class Scorer:
         self,
         requests,
         want_query: bool = False,
-        progress: bool = False,
+        progress: bool | str = False,
         persist: bool = False,
         stats: ScoreStats | None = None,
     ):

@@ -165,7 +165,8 @@ def zero_shot_perplexities(scorer: Scorer, plan: CellPlan, stats=None) -> list[f
         )
         for ex in plan.test
     ]
-    progress = plan.scoring.progress
+    # the bar names its pass: a second "scoring" bar read as the scoring run twice
+    progress = "zero-shot perplexity" if plan.scoring.progress else False
     scored = scorer.score(requests, True, progress, persist=True, stats=stats)
     return [prompt_perplexity(r) for r in scored]
 
