@@ -188,3 +188,22 @@ def test_scoring_rules_are_compared_on_the_same_examples(tmp_path):
     row = table.iloc[0]
     assert (row["compared"], row["a"], row["b"]) == ("scored_rule", "direct", "calibrated")
     assert row["difference"] == pytest.approx(runs["accuracy"].mean() - 1.0)
+
+
+def test_the_zero_shot_interval_counts_its_repeated_cell_once(tmp_path):
+    outcomes = np.arange(100) < 80
+    for labels in ("gold", "random"):
+        for seed in (1, 2, 3, 4, 5):  # the same zero-shot cell, swept ten times
+            write_cell(tmp_path / "swept", 0, labels, seed, outcomes)
+    write_cell(tmp_path / "once", 0, "gold", 1, outcomes)
+    for name in ("swept", "once"):  # a curve for the zero-shot point to start
+        write_cell(tmp_path / name, 4, "gold", 1, np.arange(100) < 60)
+    zero = {}
+    for name in ("swept", "once"):
+        runs = collect_runs(tmp_path / name)
+        shots = tables.shots_table(runs, examples=collect_examples(tmp_path / name, runs))
+        zero[name] = shots[shots["k"] == 0].iloc[0]
+    assert zero["swept"]["n"] == 1
+    assert zero["swept"]["ci_low"] == pytest.approx(zero["once"]["ci_low"])
+    # 80% of 100 examples: the interval is about +-8 points, not +-8 / sqrt(10)
+    assert zero["swept"]["ci_high"] - zero["swept"]["ci_low"] > 0.12

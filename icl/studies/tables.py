@@ -165,7 +165,7 @@ def shots_table(runs: pd.DataFrame, metric: str = "accuracy", examples=None) -> 
 
     frame = runs.copy()
     # zero-shot cells are the same under every label setting: they start every curve
-    zero = frame[frame["k"] == 0]
+    zero = one_zero_shot_run(frame[frame["k"] == 0])
     rows = []
     settings = sorted(frame.loc[frame["k"] > 0, "labels"].unique())
     for (task, labels, k), group in frame[frame["k"] > 0].groupby(["task", "labels", "k"]):
@@ -180,6 +180,15 @@ def shots_table(runs: pd.DataFrame, metric: str = "accuracy", examples=None) -> 
     zeros = with_intervals(table[table["k"] == 0], zero, examples, ["task"], metric)
     both = pd.concat([shots, zeros]).sort_values(["task", "labels", "k"])
     return both.reset_index(drop=True)
+
+
+def one_zero_shot_run(zero: pd.DataFrame) -> pd.DataFrame:
+    """One k=0 run per task and model. A sweep over seeds and label settings repeats the
+    zero-shot cell (no demonstrations: the same prompts, the same predictions); counted as
+    independent seeds, its copies narrowed the interval by the square root of their number."""
+    keys = [c for c in ("task", "model") if c in zero]
+    order = [c for c in ("seed", "labels") if c in zero]
+    return zero.sort_values(order).drop_duplicates(subset=keys) if len(zero) else zero
 
 
 def _interval_row(task, labels, k, values: pd.Series, student_t) -> dict:
