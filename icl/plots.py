@@ -262,7 +262,8 @@ def plot_shots_curve(shots: pd.DataFrame, ascent: pd.DataFrame, out: Path, ylabe
         _percent_against_k(ax, sorted(frame["k"].unique()), ylabel, task, legend_size=7)
     tested = "early_ascent_tested" in ascent
     fig.suptitle(
-        "accuracy against k, 95% intervals over seeds and test examples (▼ early-ascent dip, "
+        # two lines: one line was cut at the edges of a one-task figure
+        "accuracy against k, 95% intervals over seeds and test examples\n(▼ early-ascent dip, "
         "its paired difference from k=0 below zero)"
         if tested
         else "accuracy against k, 95% intervals over seeds (▼ early-ascent dip)",
