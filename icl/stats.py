@@ -102,6 +102,16 @@ def percentile_interval(replicates: np.ndarray, df: float, confidence: float = C
     return float(low), float(high)
 
 
+def distinct_seeds(scores: np.ndarray) -> np.ndarray:
+    """The matrix with seed rows that are all one copy collapsed to one row. A deterministic
+    cell (zero-shot, retrieval with gold labels) is the same run under every seed; counted as
+    S seeds, its examples were resampled S times independently and its interval came out
+    sqrt(S) too narrow (and a sign-flip p too small)."""
+    if scores.shape[0] > 1 and bool(np.all(scores == scores[:1])):
+        return scores[:1]
+    return scores
+
+
 def interval(
     scores: np.ndarray,
     rng: np.random.Generator,
@@ -114,8 +124,10 @@ def interval(
     scores = np.asarray(scores, dtype=float)
     if scores.ndim != 2 or scores.size == 0:
         raise ValueError(f"scores must be a non-empty (seeds, examples) matrix, not {scores.shape}")
+    scores = distinct_seeds(scores)
     if scores.size == 1:
         return float("nan"), float("nan")
+    # a statistic over the full matrix reads only row 0 of collapsed copies: the same values
     statistic = statistic or mean_statistic(scores)
     replicates = bootstrap_replicates(*scores.shape, statistic, rng, n_resamples)
     return percentile_interval(replicates, effective_df(scores), confidence)
@@ -148,12 +160,12 @@ def paired_effect(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, **kwar
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape:
         raise ValueError(f"paired scores differ in shape: {a.shape} and {b.shape}")
-    d = a - b
+    d = distinct_seeds(a - b)  # both cells deterministic: one seed's differences, not S
     boot = {k: v for k, v in kwargs.items() if k in ("n_resamples", "confidence")}
     low, high = interval(d, rng, **boot)
     n_perm = kwargs.get("n_permutations", N_PERMUTATIONS)
     return {
-        "n_seeds": a.shape[0],
+        "n_seeds": a.shape[0],  # the seeds matched, even when they were copies
         "n_examples": a.shape[1],
         "difference": float(d.mean()),
         "ci_low": low,

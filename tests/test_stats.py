@@ -97,3 +97,21 @@ def test_the_macro_f1_statistic_is_icl_metrics_macro_f1_on_the_identity_draw():
     examples = np.broadcast_to(np.arange(30), (1, 4, 30))
     expected = np.mean([macro_f1(pred[s], gold, 3) for s in range(4)])
     assert statistic(seeds, examples)[0] == pytest.approx(expected)
+
+
+def test_copies_of_one_deterministic_cell_count_as_one_seed():
+    rng = np.random.default_rng(3)
+    row = (rng.random(100) < 0.8).astype(float)[None, :]
+    copies = np.repeat(row, 3, axis=0)
+    one = stats.interval(row, np.random.default_rng(0))
+    assert stats.interval(copies, np.random.default_rng(0)) == pytest.approx(one)
+    assert one[1] - one[0] > 0.12  # about +-8 points at 80% of 100, not +-8 / sqrt(3)
+    # two deterministic cells: their differences are one seed's, whatever the copies
+    half = np.repeat(row * 0.5, 3, axis=0)
+    both = stats.paired_effect(copies, half, np.random.default_rng(0))
+    alone = stats.paired_effect(row, row * 0.5, np.random.default_rng(0))
+    assert (both["ci_low"], both["ci_high"]) == pytest.approx((alone["ci_low"], alone["ci_high"]))
+    assert both["p"] == pytest.approx(alone["p"])
+    # a real seed spread on one side keeps every seed
+    other = (rng.random((3, 100)) < 0.6).astype(float)
+    assert stats.distinct_seeds(copies - other).shape == (3, 100)
