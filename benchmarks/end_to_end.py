@@ -140,8 +140,8 @@ def measure(args, tmp: Path) -> list[dict]:
         both = tmp / f"cache-both-{n}"
         runs.append(icl_run("icl both perplexities, 1st process", [*SMOL, *PPL_BOTH], n, tmp, both))
         runs.append(icl_run(BOTH, [*SMOL, *PPL_BOTH], n, tmp, both))
+    large = args.large
     for i in range(args.repeats):  # alternating, so a busy spell falls on both alike
-        large = args.large
         runs.append(icl_run(OFF, [*SMOL, *PPL_OFF], large, tmp, tmp / "cache-off", f"r{i}"))
         runs.append(icl_run(WARM, SMOL, large, tmp, tmp / f"cache-{large}", f"r{i}"))
         both = tmp / f"cache-both-{large}"

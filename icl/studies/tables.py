@@ -184,8 +184,9 @@ def shots_table(runs: pd.DataFrame, metric: str = "accuracy", examples=None) -> 
 
 def one_zero_shot_run(zero: pd.DataFrame) -> pd.DataFrame:
     """One k=0 run per task and model. A sweep over seeds and label settings repeats the
-    zero-shot cell (no demonstrations: the same prompts, the same predictions); counted as
-    independent seeds, its copies narrowed the interval by the square root of their number."""
+    zero-shot cell (no demonstrations: the same prompts, the same predictions), so the table
+    counts it once (``n``) and bootstraps one run; the interval itself would come out the same
+    from the copies (``stats.distinct_seeds`` collapses them)."""
     keys = [c for c in ("task", "model") if c in zero]
     order = [c for c in ("seed", "labels") if c in zero]
     return zero.sort_values(order).drop_duplicates(subset=keys) if len(zero) else zero
