@@ -334,6 +334,10 @@ def plot_selection(table: pd.DataFrame, out: Path) -> Path:
         for c, task in enumerate(tasks):
             ax = axes[r][c]
             frame = _rows_of(table, {"task": task, "model": model, "format": fmt})
+            if frame.empty:  # this model or format did not run on this task: say so, no axes
+                ax.set_axis_off()
+                ax.set_title(f"{task}: {model}, {fmt}: not run", fontsize=9)
+                continue
             for (labels, selection), line in frame.groupby(["labels", "selection"], sort=False):
                 line = line.sort_values("k")
                 ax.errorbar(
