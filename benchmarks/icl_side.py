@@ -16,6 +16,7 @@ from icl.data import default_data_dir
 from icl.lm import LanguageModel, ScoreRequest, load_language_model, prefix_attention
 from icl.lm import score_requests as _score_requests
 from icl.lm.engines import ENGINES, resolve_engine, shared_query_start
+from icl.lm.forward import padded
 from icl.lm.loading import cache_key, cache_root, gguf_path, load_tokenizer, tokenizer_adds_bos
 from icl.prompts import build_prompt, option_tokens
 from icl.templates import render_prefix, render_prompt
@@ -33,6 +34,7 @@ __all__ = [
     "manual_attention",
     "model_config",
     "model_folder",
+    "padded",
     "prefix_attention",
     "random_language_model",
     "render_prefix",

@@ -54,13 +54,7 @@ def body_floor_seconds(lm, requests, batch_size: int) -> float:
     t0 = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, len(sequences), batch_size):
-            batch = sequences[i : i + batch_size]
-            width = len(batch[0])
-            ids = torch.zeros(len(batch), width, dtype=torch.long)
-            mask = torch.zeros(len(batch), width, dtype=torch.long)
-            for row, seq in enumerate(batch):
-                ids[row, : len(seq)] = torch.tensor(seq)
-                mask[row, : len(seq)] = 1
+            ids, mask, _ = icl_side.padded(sequences[i : i + batch_size], 0, lm.device)
             body(input_ids=ids, attention_mask=mask, use_cache=False)
     return time.perf_counter() - t0
 

@@ -59,17 +59,6 @@ def encode_examples(lm, template, examples, options, max_tokens: int) -> list[En
     return [encode_example(lm, template, ex, options, max_tokens) for ex in examples]
 
 
-def padded(sequences, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Right-padded ids, their attention mask and each sequence's length."""
-    lengths = [len(s) for s in sequences]
-    ids = torch.full((len(sequences), max(lengths)), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return ids.to(device), mask.to(device), lengths
-
-
 class BatchOrder:
     """Training batches from a seeded generator: each epoch a fresh permutation of the
     examples, cut into batches (the last one of an epoch may be short)."""

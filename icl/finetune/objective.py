@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from icl.finetune.inputs import padded
-from icl.lm.forward import logits_from_hidden
+from icl.lm.forward import logits_from_hidden, padded
 
 
 def pad_id(lm) -> int:

@@ -28,7 +28,7 @@ from icl.lm.batching import (
     check_batch_size,
     run_rows,
 )
-from icl.lm.forward import encode_prefix, to_device
+from icl.lm.forward import encode_prefix, padded, to_device
 from icl.lm.grouping import prefix_groups
 from icl.lm.requests import ScoreRequest, ScoreResult, ScoreStats, empty_results
 from icl.lm.score_cache import model_key as cache_model_key
@@ -134,17 +134,6 @@ def score_prefix_reuse(
     return results
 
 
-def _padded(sequences, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and their attention mask."""
-    width = max(len(s) for s in sequences)
-    ids = torch.zeros(len(sequences), width, dtype=torch.long)
-    mask = torch.zeros(len(sequences), width, dtype=torch.long)
-    for b, seq in enumerate(sequences):
-        ids[b, : len(seq)] = torch.tensor(seq)
-        mask[b, : len(seq)] = 1
-    return ids.to(device), mask.to(device)
-
-
 def _naive_read(result: ScoreResult, req, o: int, lp: list[float], want_query: bool) -> None:
     """File one full sequence's token log-probs under its option, prefix and query."""
     p, q = len(req.prefix), len(req.query)
@@ -169,7 +158,7 @@ def score_naive(lm, requests, batch_size: int, want_query: bool, progress: bool 
         sequences = [req.prefix + req.query + opt for opt in (req.options or ((),))]
         for start in range(0, len(sequences), batch_size):
             chunk = sequences[start : start + batch_size]
-            ids, mask = _padded(chunk, lm.device)
+            ids, mask, _ = padded(chunk, 0, lm.device)
             logits = lm.model(input_ids=ids, attention_mask=mask)
             logprobs = logits.logits.float().log_softmax(-1).cpu()
             for b, seq in enumerate(chunk):

@@ -30,6 +30,17 @@ def to_device(values, device) -> torch.Tensor:
     return tensor.to(device)
 
 
+def padded(sequences, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Right-padded ids, their attention mask and each sequence's length."""
+    lengths = [len(s) for s in sequences]
+    ids = torch.full((len(sequences), max(lengths)), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids.to(device), mask.to(device), lengths
+
+
 def logprobs_at(
     model, hidden: torch.Tensor, rows: list[int], targets: list[int], chunk: int = 256
 ) -> torch.Tensor:
